@@ -1,0 +1,582 @@
+package cacheaside
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"log/slog"
+	"math/rand/v2"
+	"runtime/debug"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/singleflight"
+)
+
+// LoadFunc reads the value with the given ID from the source of truth. It
+// reports a missing value with an error for which errors.Is(err,
+// ErrNotFound) is true; returning (nil, nil) means the same.
+type LoadFunc[K comparable, V any] func(ctx context.Context, id K) (*V, error)
+
+// Aside is the cache-aside engine behind UserService, generic over the ID
+// type K and the value type V, for caching any other entity the same way
+// (see NewAside). Its methods are safe for concurrent use, and it starts no
+// goroutine: loads run on the goroutine of the caller that leads them.
+type Aside[K comparable, V any] struct {
+	cache    CacheClient
+	multi    MultiGetter // nil when cache does not implement it
+	sizer    Sizer       // nil when cache does not implement it
+	load     LoadFunc[K, V]
+	loadMany func(ctx context.Context, ids []K) ([]*V, error) // nil: load one by one
+	key      func(K) string
+	notFound error // returned for missing values; matches ErrNotFound
+	shallow  bool  // a value copy of V is a deep copy
+	o        options
+	log      *slog.Logger
+
+	sf      singleflight.Group
+	seed    maphash.Seed
+	stripes [numStripes]stripe
+	m       counters
+}
+
+// numStripes is how many generation counters the keys share. Two keys in one
+// stripe only cost each other an extra load or a skipped fill.
+const numStripes = 256
+
+// stripe orders fills against invalidations for the keys that hash to it.
+// A write bumps gen under mu held exclusively; a fill holds mu shared and
+// writes only if gen has not moved since its load began. So once a write's
+// bump is done, no fill of a value loaded before it can land, and any fill
+// that landed before the bump is removed by the write's delete.
+type stripe struct {
+	mu  sync.RWMutex  // held shared by fills, exclusively to bump gen
+	gen atomic.Uint64 // bumped by every invalidation of a key in the stripe
+	_   [40]byte      // keep stripes on separate cache lines
+}
+
+// absentMarker is what a cached "not found" answer holds: valid JSON that no
+// sane encoding of a value produces.
+var absentMarker = json.RawMessage(`"\u0000cacheaside:absent"`)
+
+// NewAside returns an engine that caches values of type V under
+// "<namespace>:<id>", loads misses with load, and is configured like a
+// UserService (WithTTL sets the TTL; the default is UserCacheTTL). A nil
+// cache caches nothing; a nil load makes every read fail with
+// ErrNotConfigured.
+//
+// Each caller gets its own copy of a shared value, made by decoding its JSON
+// encoding, so V may hold slices and maps safely.
+func NewAside[K comparable, V any](cache CacheClient, namespace string, load LoadFunc[K, V], opts ...Option) *Aside[K, V] {
+	o := defaultOptions(UserCacheTTL)
+	for _, opt := range opts {
+		opt(&o)
+	}
+	prefix := namespace + ":"
+	return newAside(cache, func(id K) string { return prefix + formatID(id) }, load, ErrNotFound, o)
+}
+
+func newAside[K comparable, V any](cache CacheClient, key func(K) string, load LoadFunc[K, V], notFound error, o options) *Aside[K, V] {
+	if cache == nil {
+		cache = noCache{}
+	}
+	a := &Aside[K, V]{
+		cache:    cache,
+		load:     load,
+		key:      key,
+		notFound: notFound,
+		o:        o,
+		log:      o.logger,
+		seed:     maphash.MakeSeed(),
+	}
+	a.multi, _ = cache.(MultiGetter)
+	a.sizer, _ = cache.(Sizer)
+	return a
+}
+
+// formatID renders an ID for a cache key without fmt on the common types.
+func formatID[K comparable](id K) string {
+	switch v := any(id).(type) {
+	case int:
+		return strconv.Itoa(v)
+	case int64:
+		return strconv.FormatInt(v, 10)
+	case string:
+		return v
+	default:
+		return fmt.Sprint(v)
+	}
+}
+
+// Key returns the cache key of id.
+func (a *Aside[K, V]) Key(id K) string { return a.key(id) }
+
+// Get returns the value with the given ID: from the cache when it is there,
+// otherwise from one load shared by every concurrent caller in this process
+// that asks for the same ID (see the package documentation).
+//
+// A missing value is reported as ErrNotFound (ErrUserNotFound through a
+// UserService) and cached for the negative TTL. A cache failure is never
+// returned: the read falls back to the loader. If ctx ends while the caller
+// waits, Get returns ctx.Err() at once and the load goes on for the others.
+// The returned value is the caller's own copy.
+func (a *Aside[K, V]) Get(ctx context.Context, id K) (*V, error) {
+	start := time.Now()
+	v, err := a.get(ctx, id, a.key(id))
+	a.m.observe(time.Since(start))
+	return v, err
+}
+
+func (a *Aside[K, V]) get(ctx context.Context, id K, key string) (*V, error) {
+	if a.load == nil {
+		return nil, fmt.Errorf("%w: no loader", ErrNotConfigured)
+	}
+	a.m.requests.Add(1)
+	v, _, st, err := a.lookup(ctx, key)
+	if err != nil {
+		a.m.misses.Add(1)
+		return nil, err
+	}
+	if st == stFailed {
+		return a.loadShared(ctx, id, key, false)
+	}
+	switch st {
+	case stHit:
+		a.m.hits.Add(1)
+		return v, nil
+	case stAbsent:
+		a.m.hits.Add(1)
+		return nil, a.notFound
+	}
+	return a.loadShared(ctx, id, key, true)
+}
+
+type state int
+
+const (
+	stMiss state = iota
+	stHit
+	stAbsent
+	stFailed // a miss because the cache failed or held an undecodable entry
+)
+
+// lookup reads key from the cache. Cache failures and undecodable entries
+// are counted and reported as misses; only the end of ctx is an error.
+func (a *Aside[K, V]) lookup(ctx context.Context, key string) (*V, json.RawMessage, state, error) {
+	var raw json.RawMessage
+	err := a.cache.GetJSON(ctx, key, &raw)
+	if err != nil {
+		if errors.Is(err, ErrCacheMiss) {
+			return nil, nil, stMiss, nil
+		}
+		if cerr := ctx.Err(); cerr != nil {
+			return nil, nil, stMiss, cerr
+		}
+		if isDecodeError(err) {
+			a.m.decodeErrs.Add(1)
+			a.log.WarnContext(ctx, "cacheaside: undecodable cache entry, treated as a miss", "key", key, "err", err)
+			return nil, nil, stFailed, nil
+		}
+		a.m.cacheErrs.Add(1)
+		a.log.WarnContext(ctx, "cacheaside: cache error, falling back to the repository", "key", key, "err", err)
+		return nil, nil, stFailed, nil
+	}
+	v, st := a.decode(ctx, key, raw)
+	return v, raw, st, nil
+}
+
+func (a *Aside[K, V]) decode(ctx context.Context, key string, raw json.RawMessage) (*V, state) {
+	if bytes.Equal(raw, absentMarker) {
+		return nil, stAbsent
+	}
+	v := new(V)
+	if err := json.Unmarshal(raw, v); err != nil {
+		a.m.decodeErrs.Add(1)
+		a.log.WarnContext(ctx, "cacheaside: undecodable cache entry, treated as a miss", "key", key, "err", err)
+		return nil, stFailed
+	}
+	return v, stHit
+}
+
+func isDecodeError(err error) bool {
+	var se *json.SyntaxError
+	var te *json.UnmarshalTypeError
+	return errors.Is(err, ErrDecode) || errors.As(err, &se) || errors.As(err, &te)
+}
+
+// flight is the outcome of one shared load.
+type flight[V any] struct {
+	leader *byte           // identifies the caller whose function ran
+	val    V               // the value, when err is nil
+	raw    json.RawMessage // its JSON encoding, when known
+	err    error
+}
+
+// loadShared joins or leads the load of key for the key's current
+// generation and waits for it on ctx. recheck asks the leader to look at the
+// cache again first; it is pointless when the cache just failed.
+func (a *Aside[K, V]) loadShared(ctx context.Context, id K, key string, recheck bool) (*V, error) {
+	s := a.stripeOf(key)
+	gen := s.gen.Load()
+	tag := new(byte)
+	ch := a.sf.DoChan(key+"\x00"+strconv.FormatUint(gen, 36), func() (any, error) {
+		return a.flight(ctx, id, key, s, gen, tag, recheck), nil
+	})
+	select {
+	case <-ctx.Done():
+		a.m.misses.Add(1)
+		return nil, ctx.Err()
+	case r := <-ch:
+		f := r.Val.(*flight[V])
+		if f.leader == tag {
+			a.m.misses.Add(1)
+		} else {
+			a.m.shared.Add(1)
+		}
+		if f.err != nil {
+			return nil, f.err
+		}
+		return a.copyOut(f.val, f.raw), nil
+	}
+}
+
+// flight runs one shared load: it looks at the cache again, loads from the
+// repository, and fills the cache unless a write intervened. It runs on a
+// context detached from the caller's, and turns a panic into a PanicError
+// for every waiter, so the key is always freed.
+func (a *Aside[K, V]) flight(parent context.Context, id K, key string, s *stripe, gen uint64, tag *byte, recheck bool) (f *flight[V]) {
+	f = &flight[V]{leader: tag}
+	defer func() {
+		if p := recover(); p != nil {
+			a.m.dbErrs.Add(1)
+			f.err = &PanicError{Value: p, Stack: debug.Stack()}
+			a.log.ErrorContext(parent, "cacheaside: loader panicked", "key", key, "panic", p)
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(parent), a.o.loadTimeout)
+	defer cancel()
+
+	// Single flight only merges calls that overlap: a flight that ended just
+	// before this one may already have filled the key.
+	if recheck {
+		switch v, raw, st, _ := a.lookup(ctx, key); st {
+		case stHit:
+			f.val, f.raw = *v, raw
+			return f
+		case stAbsent:
+			f.err = a.notFound
+			return f
+		}
+	}
+
+	start := time.Now()
+	v, err := a.load(ctx, id)
+	a.m.recordLoad(time.Since(start))
+	switch {
+	case err == nil && v != nil:
+		f.val = *v
+		raw, merr := json.Marshal(v)
+		if merr != nil {
+			a.m.writeErrs.Add(1)
+			a.log.ErrorContext(ctx, "cacheaside: value cannot be encoded, not cached", "key", key, "err", merr)
+			return f
+		}
+		f.raw = raw
+		a.fill(ctx, key, raw, a.o.ttl, s, gen)
+	case err == nil || errors.Is(err, ErrNotFound) || errors.Is(err, a.notFound):
+		f.err = a.notFound
+		if a.o.negTTL > 0 {
+			a.fill(ctx, key, absentMarker, a.o.negTTL, s, gen)
+		}
+	default:
+		a.m.dbErrs.Add(1)
+		f.err = fmt.Errorf("cacheaside: load %s: %w", key, err)
+	}
+	return f
+}
+
+// fill writes raw under key unless the key's stripe moved past gen, which
+// means a write happened after the value was loaded.
+func (a *Aside[K, V]) fill(ctx context.Context, key string, raw json.RawMessage, ttl time.Duration, s *stripe, gen uint64) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.gen.Load() != gen {
+		a.m.staleFills.Add(1)
+		return
+	}
+	if err := a.cache.SetJSON(ctx, key, raw, a.jitter(ttl)); err != nil {
+		a.m.writeErrs.Add(1)
+		a.log.WarnContext(ctx, "cacheaside: cache fill failed", "key", key, "err", err)
+	}
+}
+
+// jitter takes a random fraction, up to the configured jitter, off ttl.
+func (a *Aside[K, V]) jitter(ttl time.Duration) time.Duration {
+	if a.o.jitter <= 0 || ttl <= 0 {
+		return ttl
+	}
+	d := ttl - time.Duration(rand.Float64()*a.o.jitter*float64(ttl))
+	return max(d, time.Millisecond)
+}
+
+// copyOut returns the caller's own copy of a shared value.
+func (a *Aside[K, V]) copyOut(v V, raw json.RawMessage) *V {
+	if !a.shallow && raw != nil {
+		c := new(V)
+		if json.Unmarshal(raw, c) == nil {
+			return c
+		}
+	}
+	return &v
+}
+
+func (a *Aside[K, V]) stripeOf(key string) *stripe {
+	return &a.stripes[maphash.String(a.seed, key)%numStripes]
+}
+
+// Invalidate removes the cached value of id and the given related keys. Call
+// it after every write to the source of truth, once the write is durable.
+//
+// A read that starts after Invalidate returns never joins a load that
+// started before it was called, and a load in flight during the call does
+// not fill the cache (in this process; see the package documentation). The
+// delete runs on a context detached from ctx's cancellation, bounded by the
+// load timeout, so a caller that goes away after its write still clears the
+// cache. A failed delete is counted and logged and returned.
+func (a *Aside[K, V]) Invalidate(ctx context.Context, id K, related ...string) error {
+	return a.invalidate(ctx, a.key(id), related)
+}
+
+func (a *Aside[K, V]) invalidate(ctx context.Context, key string, related []string) error {
+	s := a.stripeOf(key)
+	s.mu.Lock()
+	s.gen.Add(1)
+	s.mu.Unlock()
+
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.o.loadTimeout)
+	defer cancel()
+	keys := make([]string, 0, 1+len(related))
+	keys = append(keys, key)
+	keys = append(keys, related...)
+	if err := a.cache.Delete(ctx, keys...); err != nil {
+		a.m.invalErrs.Add(1)
+		a.log.ErrorContext(ctx, "cacheaside: cache invalidation failed", "keys", keys, "err", err)
+		return fmt.Errorf("cacheaside: invalidate %s: %w", key, err)
+	}
+	return nil
+}
+
+// GetMany returns the values with the given IDs, aligned with ids, with nil
+// for IDs that have no value. Hits come from one MultiGetter round trip when
+// the cache implements it; misses are loaded once each through the same
+// shared loads as Get, or with one batch read when the source offers one
+// (a batch read is not merged with concurrent single loads).
+//
+// The error is nil unless a lookup or load failed for a reason other than
+// "not found"; it then says how many failed and wraps each cause, and the
+// slice still holds every value that was read.
+func (a *Aside[K, V]) GetMany(ctx context.Context, ids []K) ([]*V, error) {
+	if a.load == nil {
+		return nil, fmt.Errorf("%w: no loader", ErrNotConfigured)
+	}
+	out := make([]*V, len(ids))
+	if len(ids) == 0 {
+		return out, nil
+	}
+	// Distinct IDs, and where each input position finds its value.
+	first := make(map[K]int, len(ids))
+	uniq := make([]K, 0, len(ids))
+	pos := make([]int, len(ids))
+	for i, id := range ids {
+		j, ok := first[id]
+		if !ok {
+			j = len(uniq)
+			first[id] = j
+			uniq = append(uniq, id)
+		}
+		pos[i] = j
+	}
+	keys := make([]string, len(uniq))
+	for i, id := range uniq {
+		keys[i] = a.key(id)
+	}
+	a.m.requests.Add(int64(len(uniq)))
+
+	vals := make([]*V, len(uniq))
+	errs := make([]error, len(uniq))
+	states := make([]state, len(uniq))
+	missing := a.lookupMany(ctx, keys, vals, states)
+	if err := ctx.Err(); err != nil {
+		a.m.misses.Add(int64(len(missing)))
+		return out, err
+	}
+	if len(missing) > 0 {
+		if a.loadMany != nil {
+			a.loadBatch(ctx, uniq, keys, missing, vals, errs)
+		} else {
+			g := new(errgroup.Group)
+			g.SetLimit(a.o.batchConc)
+			for _, j := range missing {
+				g.Go(func() error {
+					v, err := a.loadShared(ctx, uniq[j], keys[j], states[j] == stMiss)
+					if err != nil && !errors.Is(err, a.notFound) {
+						errs[j] = err
+					}
+					vals[j] = v
+					return nil
+				})
+			}
+			_ = g.Wait()
+		}
+	}
+
+	var failed []error
+	for _, err := range errs {
+		if err != nil {
+			failed = append(failed, err)
+		}
+	}
+	used := make([]bool, len(uniq))
+	for i, j := range pos {
+		if vals[j] == nil {
+			continue
+		}
+		if used[j] {
+			c := *vals[j]
+			out[i] = &c
+			if !a.shallow {
+				out[i] = a.copyOut(c, mustJSON(vals[j]))
+			}
+			continue
+		}
+		used[j] = true
+		out[i] = vals[j]
+	}
+	if len(failed) > 0 {
+		return out, fmt.Errorf("cacheaside: batch load failed: %d errors occurred: %w", len(failed), errors.Join(failed...))
+	}
+	return out, nil
+}
+
+func mustJSON(v any) json.RawMessage {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil
+	}
+	return b
+}
+
+// lookupMany fills vals with the hits among keys, counts them, and returns
+// the indexes of the misses.
+func (a *Aside[K, V]) lookupMany(ctx context.Context, keys []string, vals []*V, states []state) []int {
+	if a.multi != nil {
+		raws, err := a.multi.GetMulti(ctx, keys)
+		switch {
+		case err == nil && len(raws) == len(keys):
+			for i, raw := range raws {
+				if raw != nil {
+					vals[i], states[i] = a.decode(ctx, keys[i], raw)
+				}
+			}
+		case ctx.Err() != nil:
+		default:
+			for i := range states {
+				states[i] = stFailed
+			}
+			if err == nil {
+				err = fmt.Errorf("GetMulti returned %d values for %d keys", len(raws), len(keys))
+			}
+			a.m.cacheErrs.Add(1)
+			a.log.WarnContext(ctx, "cacheaside: cache error, falling back to the repository", "keys", len(keys), "err", err)
+		}
+	} else {
+		g := new(errgroup.Group)
+		g.SetLimit(a.o.batchConc)
+		for i, k := range keys {
+			g.Go(func() error {
+				vals[i], _, states[i], _ = a.lookup(ctx, k)
+				return nil
+			})
+		}
+		_ = g.Wait()
+	}
+	var missing []int
+	for i, st := range states {
+		if st == stMiss || st == stFailed {
+			missing = append(missing, i)
+		} else {
+			a.m.hits.Add(1)
+		}
+	}
+	return missing
+}
+
+// loadBatch loads the missing IDs with one batch read and fills the cache
+// with what it found, and with "not found" markers for the rest.
+func (a *Aside[K, V]) loadBatch(ctx context.Context, uniq []K, keys []string, missing []int, vals []*V, errs []error) {
+	a.m.misses.Add(int64(len(missing)))
+	gens := make([]uint64, len(missing))
+	ids := make([]K, len(missing))
+	for n, j := range missing {
+		gens[n] = a.stripeOf(keys[j]).gen.Load()
+		ids[n] = uniq[j]
+	}
+	lctx, cancel := context.WithTimeout(ctx, a.o.loadTimeout)
+	defer cancel()
+	start := time.Now()
+	got, err := a.safeLoadMany(lctx, ids)
+	a.m.recordLoad(time.Since(start))
+	if err == nil && len(got) != len(ids) {
+		err = fmt.Errorf("batch loader returned %d values for %d ids", len(got), len(ids))
+	}
+	if err != nil {
+		a.m.dbErrs.Add(1)
+		for _, j := range missing {
+			errs[j] = fmt.Errorf("cacheaside: load %s: %w", keys[j], err)
+		}
+		return
+	}
+	for n, j := range missing {
+		s := a.stripeOf(keys[j])
+		if v := got[n]; v != nil {
+			vals[j] = v
+			if raw, err := json.Marshal(v); err == nil {
+				a.fill(lctx, keys[j], raw, a.o.ttl, s, gens[n])
+			}
+		} else if a.o.negTTL > 0 {
+			a.fill(lctx, keys[j], absentMarker, a.o.negTTL, s, gens[n])
+		}
+	}
+}
+
+func (a *Aside[K, V]) safeLoadMany(ctx context.Context, ids []K) (vs []*V, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = &PanicError{Value: p, Stack: debug.Stack()}
+		}
+	}()
+	return a.loadMany(ctx, ids)
+}
+
+// Metrics returns a snapshot of the engine's counters.
+func (a *Aside[K, V]) Metrics() ServiceMetrics {
+	size := int64(-1)
+	if a.sizer != nil {
+		size = a.sizer.Len()
+	}
+	return a.m.snapshot(size)
+}
+
+// noCache is the cache of a service built with a nil CacheClient: every
+// read misses and every write succeeds.
+type noCache struct{}
+
+func (noCache) GetJSON(context.Context, string, any) error                { return ErrCacheMiss }
+func (noCache) SetJSON(context.Context, string, any, time.Duration) error { return nil }
+func (noCache) Delete(context.Context, ...string) error                   { return nil }

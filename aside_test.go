@@ -1,0 +1,119 @@
+package cacheaside
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+type product struct {
+	SKU   string            `json:"sku"`
+	Price int               `json:"price"`
+	Attrs map[string]string `json:"attrs"`
+}
+
+func productLoader(catalog map[string]product, loads *atomic.Int64) LoadFunc[string, product] {
+	return func(_ context.Context, sku string) (*product, error) {
+		loads.Add(1)
+		p, ok := catalog[sku]
+		if !ok {
+			return nil, fmt.Errorf("sku %s: %w", sku, ErrNotFound)
+		}
+		p.Attrs = map[string]string{}
+		for k, v := range catalog[sku].Attrs {
+			p.Attrs[k] = v
+		}
+		return &p, nil
+	}
+}
+
+func TestAside_GenericEntity(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		var loads atomic.Int64
+		catalog := map[string]product{"tea-1": {SKU: "tea-1", Price: 300, Attrs: map[string]string{"color": "red"}}}
+		fc := newFaultCache(b.cache)
+		a := NewAside(fc, "product", productLoader(catalog, &loads), WithTTL(ProductCacheTTL), WithJitter(0))
+		require.Equal(t, "product:tea-1", a.Key("tea-1"))
+
+		p, err := a.Get(ctx, "tea-1")
+		require.NoError(t, err)
+		p.Attrs["color"] = "blue" // must not leak into the shared or cached value
+		p2, err := a.Get(ctx, "tea-1")
+		require.NoError(t, err)
+		require.Equal(t, "red", p2.Attrs["color"])
+		require.Equal(t, int64(1), loads.Load())
+		ttl, _ := fc.ttlOf("product:tea-1")
+		require.Equal(t, ProductCacheTTL, ttl)
+
+		_, err = a.Get(ctx, "nope")
+		require.ErrorIs(t, err, ErrNotFound)
+		_, err = a.Get(ctx, "nope")
+		require.ErrorIs(t, err, ErrNotFound)
+		require.Equal(t, int64(2), loads.Load(), "absence is cached")
+
+		got, err := a.GetMany(ctx, []string{"nope", "tea-1", "tea-1"})
+		require.NoError(t, err)
+		require.Nil(t, got[0])
+		require.Equal(t, 300, got[1].Price)
+		got[1].Attrs["color"] = "green"
+		require.Equal(t, "red", got[2].Attrs["color"], "duplicates get deep copies")
+
+		catalog["tea-1"] = product{SKU: "tea-1", Price: 350}
+		require.NoError(t, a.Invalidate(ctx, "tea-1"))
+		p3, err := a.Get(ctx, "tea-1")
+		require.NoError(t, err)
+		require.Equal(t, 350, p3.Price)
+
+		fc.failDel.Store(true)
+		err = a.Invalidate(ctx, "tea-1")
+		require.ErrorIs(t, err, errInjected)
+		require.Equal(t, int64(1), a.Metrics().CacheInvalidationErrors)
+	})
+}
+
+func TestAside_NilLoaderAndNilLoadResult(t *testing.T) {
+	ctx := context.Background()
+	a := NewAside[int, product](NewMemoryCache(), "p", nil)
+	_, err := a.Get(ctx, 1)
+	require.ErrorIs(t, err, ErrNotConfigured)
+	_, err = a.GetMany(ctx, []int{1})
+	require.ErrorIs(t, err, ErrNotConfigured)
+
+	nilLoad := NewAside(NewMemoryCache(), "p", func(context.Context, int) (*product, error) { return nil, nil })
+	_, err = nilLoad.Get(ctx, 1)
+	require.ErrorIs(t, err, ErrNotFound, "(nil, nil) from a loader means not found")
+}
+
+func TestAside_FormatID(t *testing.T) {
+	type sku struct{ A, B int }
+	tests := []struct {
+		name string
+		got  string
+		want string
+	}{
+		{"int", formatID(42), "42"},
+		{"int64", formatID(int64(-7)), "-7"},
+		{"string", formatID("a:b"), "a:b"},
+		{"struct", formatID(sku{1, 2}), "{1 2}"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.got != tt.want {
+				t.Fatalf("formatID = %q, want %q", tt.got, tt.want)
+			}
+		})
+	}
+}
+
+func TestAside_BatchLoaderMiscount(t *testing.T) {
+	a := newAside(NewMemoryCache(), func(id int) string { return fmt.Sprint(id) },
+		func(context.Context, int) (*User, error) { return nil, errors.New("unused") }, ErrUserNotFound, defaultOptions(UserCacheTTL))
+	a.loadMany = func(context.Context, []int) ([]*User, error) { return []*User{{ID: 1}}, nil } // one short
+	_, err := a.GetMany(context.Background(), []int{1, 2})
+	require.ErrorContains(t, err, "batch loader returned 1 values for 2 ids")
+}

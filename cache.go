@@ -1,0 +1,47 @@
+package cacheaside
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+)
+
+// CacheClient is the cache the service reads first and fills on a miss,
+// usually Redis. The package provides NewRedisCache and NewMemoryCache;
+// any other store can be used by implementing these three methods.
+//
+// GetJSON decodes the value under key into dest and returns ErrCacheMiss
+// (possibly wrapped) when the key holds nothing. Any other error, including
+// a timeout or a closed connection, is treated by the service as a cache
+// failure: it is counted and the read falls back to the repository.
+//
+// SetJSON stores the JSON encoding of value under key for ttl; a ttl of zero
+// or less means no expiry. Delete removes keys and ignores those that are
+// absent.
+//
+// The service always passes a *json.RawMessage as dest and a json.RawMessage
+// as value, so it can tell cached values from its own markers before
+// decoding; implementations built on encoding/json handle both without
+// special cases.
+type CacheClient interface {
+	GetJSON(ctx context.Context, key string, dest any) error
+	SetJSON(ctx context.Context, key string, value any, ttl time.Duration) error
+	Delete(ctx context.Context, keys ...string) error
+}
+
+// MultiGetter is an optional interface that a CacheClient may implement to
+// fetch many keys in one round trip (MGET, or a pipeline on a cluster).
+// The service checks for it once, at construction; without it,
+// GetUsersBatch looks keys up one at a time, concurrently.
+//
+// GetMulti returns a slice aligned with keys; a nil element is a miss.
+type MultiGetter interface {
+	GetMulti(ctx context.Context, keys []string) ([]json.RawMessage, error)
+}
+
+// Sizer is an optional interface that a CacheClient may implement to report
+// how many entries it holds. When the cache implements it,
+// ServiceMetrics.CacheSize is filled in; otherwise it is -1.
+type Sizer interface {
+	Len() int64
+}

@@ -1,0 +1,164 @@
+package cacheaside
+
+import (
+	"context"
+	"fmt"
+)
+
+// UserService serves users from a cache in front of a UserRepository with
+// the cache-aside pattern: reads try the cache, load misses once per key and
+// fill the cache before returning; writes go to the repository first and
+// then invalidate the user's keys. It is safe for concurrent use and starts
+// no goroutine, so it needs no Close.
+type UserService struct {
+	db    UserRepository
+	users *Aside[int, User]
+	o     options
+}
+
+// NewUserService returns a service that reads users from cache before db.
+// With no options it caches users for UserCacheTTL (less up to 10% jitter),
+// caches "not found" for DefaultNegativeTTL, bounds each shared load by
+// DefaultLoadTimeout and logs nothing.
+//
+// db is checked once for BatchUserRepository and cache for MultiGetter and
+// Sizer. A nil cache caches nothing (every read goes to db); with a nil db
+// every method returns an error wrapping ErrNotConfigured.
+func NewUserService(db UserRepository, cache CacheClient, opts ...Option) *UserService {
+	o := defaultOptions(UserCacheTTL)
+	for _, opt := range opts {
+		opt(&o)
+	}
+	var load LoadFunc[int, User]
+	if db != nil {
+		load = db.GetUser
+	}
+	a := newAside(cache, userCacheKey, load, ErrUserNotFound, o)
+	a.shallow = true // User holds no slices or maps: a value copy is a deep copy
+	if b, ok := db.(BatchUserRepository); ok {
+		a.loadMany = b.GetUsers
+	}
+	return &UserService{db: db, users: a, o: o}
+}
+
+// GetUser returns the user with the given ID, from the cache when it is
+// there. On a miss, one load per ID runs in this process at a time: every
+// concurrent caller waits for it on its own ctx, and the cache is filled
+// before GetUser returns, so the next call is a hit.
+//
+// It returns ErrInvalidUser for an ID of zero or less (without touching the
+// cache or the repository), ErrUserNotFound for an ID no user has, ctx.Err()
+// when ctx ends first, and a *PanicError when the repository panicked.
+// Cache failures are counted, logged and never returned. The *User is the
+// caller's own copy.
+func (s *UserService) GetUser(ctx context.Context, userID int) (*User, error) {
+	if err := validateID(userID); err != nil {
+		return nil, err
+	}
+	if s.db == nil {
+		return nil, fmt.Errorf("%w: nil UserRepository", ErrNotConfigured)
+	}
+	return s.users.Get(ctx, userID)
+}
+
+// GetUsersBatch returns the users with the given IDs, aligned with userIDs,
+// with nil for IDs that no user has. Cache hits come from one round trip
+// when the cache implements MultiGetter; misses are loaded with one query
+// when the repository implements BatchUserRepository, otherwise once per ID
+// through the same shared loads as GetUser. Duplicate IDs are looked up once
+// and each position gets its own copy.
+//
+// Any ID of zero or less fails the whole call with ErrInvalidUser before any
+// I/O. Otherwise the error is nil unless a load failed for a reason other
+// than "not found"; it then reads "batch load failed: N errors occurred" and
+// wraps each cause, and the slice still holds the users that were read.
+func (s *UserService) GetUsersBatch(ctx context.Context, userIDs []int) ([]*User, error) {
+	for _, id := range userIDs {
+		if err := validateID(id); err != nil {
+			return nil, err
+		}
+	}
+	if s.db == nil {
+		return nil, fmt.Errorf("%w: nil UserRepository", ErrNotConfigured)
+	}
+	return s.users.GetMany(ctx, userIDs)
+}
+
+// CreateUser validates user, creates it in the repository, which assigns
+// user.ID when it is 0 and user.CreateAt when it is zero, and then removes
+// any cached entry for the new ID (such as a cached "not found") and the
+// related keys.
+//
+// It returns ErrInvalidUser for a nil user, a negative ID, an empty name or a
+// malformed email, without calling the repository, and the repository's
+// error (ErrUserExists for a taken ID) wrapped otherwise.
+func (s *UserService) CreateUser(ctx context.Context, user *User) error {
+	if err := validateUser(user, true); err != nil {
+		return err
+	}
+	if s.db == nil {
+		return fmt.Errorf("%w: nil UserRepository", ErrNotConfigured)
+	}
+	err := s.db.CreateUser(ctx, user)
+	s.invalidate(ctx, user.ID)
+	if err != nil {
+		return fmt.Errorf("cacheaside: create user: %w", err)
+	}
+	return nil
+}
+
+// UpdateUser validates user, writes it to the repository first and then
+// invalidates "user:<id>" and the related keys (see WithRelatedKeys). A read
+// that starts after UpdateUser returns sees the new row: it never joins a
+// load that started before the write, and such a load does not fill the
+// cache. A failed invalidation is counted and logged but does not fail the
+// update (the write is already durable).
+//
+// It returns ErrInvalidUser for bad input without calling the repository,
+// and ErrUserNotFound (wrapped) when no user has the ID.
+func (s *UserService) UpdateUser(ctx context.Context, user *User) error {
+	if err := validateUser(user, false); err != nil {
+		return err
+	}
+	if s.db == nil {
+		return fmt.Errorf("%w: nil UserRepository", ErrNotConfigured)
+	}
+	err := s.db.UpdateUser(ctx, user)
+	s.invalidate(ctx, user.ID)
+	if err != nil {
+		return fmt.Errorf("cacheaside: update user %d: %w", user.ID, err)
+	}
+	return nil
+}
+
+// DeleteUser deletes the user from the repository and then invalidates its
+// keys like UpdateUser. It returns ErrInvalidUser for an ID of zero or less
+// and ErrUserNotFound (wrapped) when no user has the ID.
+func (s *UserService) DeleteUser(ctx context.Context, userID int) error {
+	if err := validateID(userID); err != nil {
+		return err
+	}
+	if s.db == nil {
+		return fmt.Errorf("%w: nil UserRepository", ErrNotConfigured)
+	}
+	err := s.db.DeleteUser(ctx, userID)
+	s.invalidate(ctx, userID)
+	if err != nil {
+		return fmt.Errorf("cacheaside: delete user %d: %w", userID, err)
+	}
+	return nil
+}
+
+// invalidate runs after every repository write, failed or not: a write that
+// failed may still have been applied, and an extra delete only costs a miss.
+func (s *UserService) invalidate(ctx context.Context, id int) {
+	if id <= 0 {
+		return
+	}
+	_ = s.users.invalidate(ctx, userCacheKey(id), s.o.related(id)) // counted and logged
+}
+
+// GetMetrics returns a snapshot of the service's counters.
+func (s *UserService) GetMetrics() ServiceMetrics {
+	return s.users.Metrics()
+}

@@ -1,0 +1,77 @@
+package cacheaside
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Sentinel errors. Errors returned by this package wrap them with %w, so
+// callers test with errors.Is; backend errors such as redis.Nil never escape
+// raw.
+var (
+	// ErrCacheMiss is returned by a CacheClient's GetJSON when the key holds
+	// no value.
+	ErrCacheMiss = errors.New("cacheaside: cache miss")
+
+	// ErrNotFound reports that the source of truth has no value for an ID.
+	// Loaders given to NewAside report a missing value with an error for
+	// which errors.Is(err, ErrNotFound) is true. ErrUserNotFound is one.
+	ErrNotFound = errors.New("cacheaside: not found")
+
+	// ErrUserNotFound reports that no user has the requested ID.
+	// errors.Is(ErrUserNotFound, ErrNotFound) is true.
+	ErrUserNotFound error = &kindError{msg: "cacheaside: user not found", kind: ErrNotFound}
+
+	// ErrUserExists reports that CreateUser was given an ID that is taken.
+	ErrUserExists = errors.New("cacheaside: user already exists")
+
+	// ErrInvalidUser reports bad input: an ID of zero or less, a nil user, an
+	// empty name or a malformed email. It is wrapped with what was wrong, and
+	// the repository is never called.
+	ErrInvalidUser = errors.New("cacheaside: invalid user")
+
+	// ErrLockTimeout reports that a distributed lock could not be acquired
+	// before the caller's context ended.
+	ErrLockTimeout = errors.New("cacheaside: lock acquisition timeout")
+
+	// ErrDecode reports a cached entry that cannot be decoded into the
+	// destination. The service treats such an entry as a miss and overwrites
+	// it with the next fill.
+	ErrDecode = errors.New("cacheaside: cannot decode cached value")
+
+	// ErrNotConfigured reports a service or adapter built without a required
+	// dependency, such as a nil repository or a nil Redis client.
+	ErrNotConfigured = errors.New("cacheaside: not configured")
+)
+
+// kindError is a sentinel that also matches a broader sentinel with
+// errors.Is.
+type kindError struct {
+	msg  string
+	kind error
+}
+
+func (e *kindError) Error() string        { return e.msg }
+func (e *kindError) Is(target error) bool { return target == e.kind }
+
+// PanicError is the error every waiter of a shared load receives when the
+// loader panicked. The panic does not escape to the caller's goroutine, and
+// the key is free for the next load.
+type PanicError struct {
+	// Value is the value passed to panic.
+	Value any
+	// Stack is the stack of the goroutine that panicked.
+	Stack []byte
+}
+
+// Error returns the panic value and the stack of the panicking goroutine.
+func (e *PanicError) Error() string {
+	return fmt.Sprintf("cacheaside: loader panicked: %v\n\n%s", e.Value, e.Stack)
+}
+
+// Unwrap returns the panic value when it is an error, so errors.Is and
+// errors.As see through a panic(err).
+func (e *PanicError) Unwrap() error {
+	err, _ := e.Value.(error)
+	return err
+}

@@ -1,0 +1,195 @@
+package cacheaside_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/cacheaside/cacheaside"
+)
+
+func ExampleNewUserService() {
+	ctx := context.Background()
+	repo := cacheaside.NewMemoryRepository() // your database in production
+	svc := cacheaside.NewUserService(repo, cacheaside.NewMemoryCache())
+
+	u := &cacheaside.User{Name: "Ann", Email: "ann@example.com"}
+	if err := svc.CreateUser(ctx, u); err != nil {
+		fmt.Println(err)
+		return
+	}
+	got, _ := svc.GetUser(ctx, u.ID) // miss: loaded from the repository
+	got, _ = svc.GetUser(ctx, u.ID)  // hit: served from the cache
+	m := svc.GetMetrics()
+	fmt.Printf("user %d is %s; hits=%d misses=%d hit rate %.0f%%\n",
+		got.ID, got.Name, m.CacheHits, m.CacheMisses, m.HitRate*100)
+	// Output: user 1 is Ann; hits=1 misses=1 hit rate 50%
+}
+
+// slowRepo counts reads and makes each one take a while, like a loaded
+// database.
+type slowRepo struct {
+	*cacheaside.MemoryRepository
+	reads atomic.Int64
+}
+
+func (r *slowRepo) GetUser(ctx context.Context, id int) (*cacheaside.User, error) {
+	r.reads.Add(1)
+	time.Sleep(50 * time.Millisecond)
+	return r.MemoryRepository.GetUser(ctx, id)
+}
+
+func ExampleUserService_GetUser() {
+	ctx := context.Background()
+	repo := &slowRepo{MemoryRepository: cacheaside.NewMemoryRepository()}
+	u := &cacheaside.User{Name: "Bo", Email: "bo@example.com"}
+	_ = repo.CreateUser(ctx, u)
+	svc := cacheaside.NewUserService(repo, cacheaside.NewMemoryCache())
+
+	// Ten concurrent misses for one user share one database read.
+	var wg sync.WaitGroup
+	for range 10 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := svc.GetUser(ctx, u.ID); err != nil {
+				fmt.Println(err)
+			}
+		}()
+	}
+	wg.Wait()
+	fmt.Println("database reads:", repo.reads.Load())
+
+	// A missing user is a typed error, and the answer is cached briefly.
+	_, err := svc.GetUser(ctx, 404)
+	fmt.Println(errors.Is(err, cacheaside.ErrUserNotFound))
+	// Output:
+	// database reads: 1
+	// true
+}
+
+func ExampleUserService_UpdateUser() {
+	ctx := context.Background()
+	svc := cacheaside.NewUserService(cacheaside.NewMemoryRepository(), cacheaside.NewMemoryCache())
+	u := &cacheaside.User{Name: "Cy", Email: "cy@example.com"}
+	_ = svc.CreateUser(ctx, u)
+	_, _ = svc.GetUser(ctx, u.ID) // now cached
+
+	u.Name = "Cyrus"
+	_ = svc.UpdateUser(ctx, u) // database first, then the cache entry is deleted
+	got, _ := svc.GetUser(ctx, u.ID)
+	fmt.Println(got.Name)
+
+	err := svc.UpdateUser(ctx, &cacheaside.User{ID: u.ID, Name: "", Email: "cy@example.com"})
+	fmt.Println(errors.Is(err, cacheaside.ErrInvalidUser), err)
+	// Output:
+	// Cyrus
+	// true cacheaside: invalid user: empty name
+}
+
+func ExampleUserService_GetUsersBatch() {
+	ctx := context.Background()
+	repo := cacheaside.NewMemoryRepository()
+	for _, name := range []string{"Di", "Ed"} {
+		_ = repo.CreateUser(ctx, &cacheaside.User{Name: name, Email: name + "@example.com"})
+	}
+	svc := cacheaside.NewUserService(repo, cacheaside.NewMemoryCache())
+	users, err := svc.GetUsersBatch(ctx, []int{2, 99, 1})
+	fmt.Println(err)
+	for _, u := range users {
+		if u == nil {
+			fmt.Println("<none>")
+			continue
+		}
+		fmt.Println(u.ID, u.Name)
+	}
+	// Output:
+	// <nil>
+	// 2 Ed
+	// <none>
+	// 1 Di
+}
+
+// Example_redis runs the service on go-redis against an in-process Redis
+// (miniredis); point the client at your redis-server in production.
+func Example_redis() {
+	mr, err := miniredis.Run()
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer mr.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+
+	ctx := context.Background()
+	repo := cacheaside.NewMemoryRepository()
+	svc := cacheaside.NewUserService(repo, cacheaside.NewRedisCache(rdb, cacheaside.WithKeyPrefix("myapp:")))
+
+	u := &cacheaside.User{Name: "Flo", Email: "flo@example.com", CreateAt: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
+	_ = svc.CreateUser(ctx, u)
+	_, _ = svc.GetUser(ctx, u.ID)
+
+	stored, _ := mr.Get("myapp:user:1")
+	fmt.Println(stored)
+	fmt.Println(mr.TTL("myapp:user:1") <= cacheaside.UserCacheTTL)
+	// Output:
+	// {"id":1,"name":"Flo","email":"flo@example.com","created_at":"2026-01-02T03:04:05Z"}
+	// true
+}
+
+// Product is the seed's second entity, cached with its own namespace and
+// TTL by the same engine.
+type Product struct {
+	ID    int      `json:"id"`
+	Title string   `json:"title"`
+	Tags  []string `json:"tags"`
+}
+
+func ExampleNewAside() {
+	ctx := context.Background()
+	catalog := map[int]Product{7: {ID: 7, Title: "Teapot", Tags: []string{"kitchen"}}}
+	var loads atomic.Int64
+	load := func(ctx context.Context, id int) (*Product, error) {
+		loads.Add(1)
+		p, ok := catalog[id]
+		if !ok {
+			return nil, fmt.Errorf("product %d: %w", id, cacheaside.ErrNotFound)
+		}
+		return &p, nil
+	}
+	products := cacheaside.NewAside(cacheaside.NewMemoryCache(), "product", load,
+		cacheaside.WithTTL(cacheaside.ProductCacheTTL))
+
+	p, _ := products.Get(ctx, 7)
+	p.Tags[0] = "changed by the caller" // callers own their copies
+	p, _ = products.Get(ctx, 7)
+	fmt.Println(products.Key(7), p.Title, p.Tags, "loads:", loads.Load())
+
+	_ = products.Invalidate(ctx, 7) // after writing product 7 to the database
+	_, err := products.Get(ctx, 8)
+	fmt.Println(errors.Is(err, cacheaside.ErrNotFound), "loads:", loads.Load())
+	// Output:
+	// product:7 Teapot [kitchen] loads: 1
+	// true loads: 2
+}
+
+func ExampleUserService_GetMetrics() {
+	ctx := context.Background()
+	svc := cacheaside.NewUserService(cacheaside.NewMemoryRepository(), cacheaside.NewMemoryCache())
+	u := &cacheaside.User{Name: "Gus", Email: "gus@example.com"}
+	_ = svc.CreateUser(ctx, u)
+	for range 4 {
+		_, _ = svc.GetUser(ctx, u.ID)
+	}
+	m := svc.GetMetrics()
+	fmt.Printf("requests=%d hits=%d misses=%d db loads=%d hit rate=%.2f cache size=%d\n",
+		m.TotalRequests, m.CacheHits, m.CacheMisses, m.DatabaseLoads, m.HitRate, m.CacheSize)
+	// Output: requests=4 hits=3 misses=1 db loads=1 hit rate=0.75 cache size=1
+}

@@ -1,0 +1,322 @@
+package cacheaside
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"os"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// backend is one CacheClient under test, with a side door to the storage
+// behind it.
+type backend struct {
+	name   string
+	cache  CacheClient
+	prefix string // what the adapter puts before every key
+	// raw reads what is stored under key, bypassing the adapter.
+	raw func(key string) (string, bool)
+	// setRaw stores val under key, bypassing the adapter.
+	setRaw func(key, val string)
+	// ttl reports the TTL of key.
+	ttl func(key string) time.Duration
+	// advance moves the backend's clock forward; nil when it cannot.
+	advance func(d time.Duration)
+}
+
+// testClock is a settable clock for the memory cache.
+type testClock struct {
+	mu sync.Mutex // protects t
+	t  time.Time
+}
+
+func (c *testClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *testClock) Add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+// inCI reports whether the tests run in CI, where a missing server is a
+// failure rather than a skip.
+func inCI() bool { return os.Getenv("CI") == "true" }
+
+// realRedis returns a client to the redis-server at REDIS_ADDR, skipping the
+// test when it is unset (failing in CI).
+func realRedis(t testing.TB) *redis.Client {
+	t.Helper()
+	addr := os.Getenv("REDIS_ADDR")
+	if addr == "" {
+		if inCI() {
+			t.Fatal("REDIS_ADDR is not set in CI: .ci/run must start redis-server")
+		}
+		t.Skip("REDIS_ADDR not set; skipping the real redis-server backend")
+	}
+	c := redis.NewClient(&redis.Options{Addr: addr})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := c.Ping(ctx).Err(); err != nil {
+		c.Close()
+		t.Fatalf("redis-server at REDIS_ADDR=%s: %v", addr, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// uniquePrefix returns a key prefix no other test run uses, so tests can
+// share one real Redis.
+func uniquePrefix(t testing.TB) string {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return "cacheaside-test:" + hex.EncodeToString(b) + ":"
+}
+
+func memoryBackend(t testing.TB) backend {
+	clk := &testClock{t: time.Unix(1_700_000_000, 0)}
+	mc := NewMemoryCache(WithClock(clk.Now))
+	return backend{
+		name:  "memory",
+		cache: mc,
+		raw: func(key string) (string, bool) {
+			b, ok := mc.c.Get(key)
+			return string(b), ok
+		},
+		setRaw: func(key, val string) { mc.c.Set(key, []byte(val), 0) },
+		ttl: func(key string) time.Duration {
+			d, _ := mc.c.TTL(key)
+			return d
+		},
+		advance: clk.Add,
+	}
+}
+
+func miniredisBackend(t testing.TB) backend {
+	mr := miniredis.RunT(t)
+	c := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { c.Close() })
+	return backend{
+		name:   "miniredis",
+		cache:  NewRedisCache(c, WithKeyPrefix("app:")),
+		prefix: "app:",
+		raw: func(key string) (string, bool) {
+			v, err := mr.Get("app:" + key)
+			return v, err == nil
+		},
+		setRaw:  func(key, val string) { mr.Set("app:"+key, val) },
+		ttl:     func(key string) time.Duration { return mr.TTL("app:" + key) },
+		advance: mr.FastForward,
+	}
+}
+
+func realRedisBackend(t testing.TB) backend {
+	c := realRedis(t)
+	prefix := uniquePrefix(t)
+	ctx := context.Background()
+	t.Cleanup(func() {
+		keys, _ := c.Keys(ctx, prefix+"*").Result()
+		if len(keys) > 0 {
+			c.Del(ctx, keys...)
+		}
+	})
+	return backend{
+		name:   "redis-server",
+		cache:  NewRedisCache(c, WithKeyPrefix(prefix)),
+		prefix: prefix,
+		raw: func(key string) (string, bool) {
+			v, err := c.Get(ctx, prefix+key).Result()
+			return v, err == nil
+		},
+		setRaw: func(key, val string) { c.Set(ctx, prefix+key, val, 0) },
+		ttl: func(key string) time.Duration {
+			d, _ := c.PTTL(ctx, prefix+key).Result()
+			return d
+		},
+	}
+}
+
+// forEachBackend runs fn once per cache adapter: memory, miniredis, and the
+// real redis-server at REDIS_ADDR.
+func forEachBackend(t *testing.T, fn func(t *testing.T, b backend)) {
+	t.Helper()
+	for _, mk := range []struct {
+		name string
+		new  func(testing.TB) backend
+	}{
+		{"memory", memoryBackend},
+		{"miniredis", miniredisBackend},
+		{"redis-server", realRedisBackend},
+	} {
+		t.Run(mk.name, func(t *testing.T) {
+			fn(t, mk.new(t))
+		})
+	}
+}
+
+// testRepo wraps a MemoryRepository, counts calls and lets a test delay,
+// block, fail or panic the reads. The row is read before the hook runs, so
+// a hook that blocks holds a reader that already has the row in hand, as a
+// slow database reply would.
+type testRepo struct {
+	*MemoryRepository
+	gets, batchGets, writes atomic.Int64
+
+	mu      sync.Mutex // protects hook, err, batch
+	hook    func(ctx context.Context, id int)
+	err     error
+	noBatch bool
+}
+
+func newTestRepo() *testRepo { return &testRepo{MemoryRepository: NewMemoryRepository()} }
+
+func (r *testRepo) setHook(h func(ctx context.Context, id int)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.hook = h
+}
+
+func (r *testRepo) setErr(err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.err = err
+}
+
+func (r *testRepo) state() (func(context.Context, int), error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.hook, r.err
+}
+
+func (r *testRepo) GetUser(ctx context.Context, id int) (*User, error) {
+	r.gets.Add(1)
+	u, err := r.MemoryRepository.GetUser(ctx, id)
+	hook, ferr := r.state()
+	if hook != nil {
+		hook(ctx, id)
+	}
+	if ferr != nil {
+		return nil, ferr
+	}
+	return u, err
+}
+
+func (r *testRepo) GetUsers(ctx context.Context, ids []int) ([]*User, error) {
+	r.batchGets.Add(1)
+	if _, ferr := r.state(); ferr != nil {
+		return nil, ferr
+	}
+	return r.MemoryRepository.GetUsers(ctx, ids)
+}
+
+func (r *testRepo) CreateUser(ctx context.Context, u *User) error {
+	r.writes.Add(1)
+	return r.MemoryRepository.CreateUser(ctx, u)
+}
+
+func (r *testRepo) UpdateUser(ctx context.Context, u *User) error {
+	r.writes.Add(1)
+	return r.MemoryRepository.UpdateUser(ctx, u)
+}
+
+func (r *testRepo) DeleteUser(ctx context.Context, id int) error {
+	r.writes.Add(1)
+	return r.MemoryRepository.DeleteUser(ctx, id)
+}
+
+// singleRepo hides the batch method of a testRepo.
+type singleRepo struct{ r *testRepo }
+
+func (s singleRepo) GetUser(ctx context.Context, id int) (*User, error) { return s.r.GetUser(ctx, id) }
+func (s singleRepo) CreateUser(ctx context.Context, u *User) error      { return s.r.CreateUser(ctx, u) }
+func (s singleRepo) UpdateUser(ctx context.Context, u *User) error      { return s.r.UpdateUser(ctx, u) }
+func (s singleRepo) DeleteUser(ctx context.Context, id int) error       { return s.r.DeleteUser(ctx, id) }
+
+// errInjected is the failure that faultCache and testRepo inject.
+var errInjected = errors.New("injected failure")
+
+// faultCache wraps a CacheClient, counts calls, records TTLs, and fails
+// operations on demand.
+type faultCache struct {
+	CacheClient
+	failGet, failSet, failDel atomic.Bool
+	gets, sets, dels, multis  atomic.Int64
+
+	mu   sync.Mutex // protects ttls
+	ttls map[string]time.Duration
+}
+
+func newFaultCache(c CacheClient) *faultCache {
+	return &faultCache{CacheClient: c, ttls: make(map[string]time.Duration)}
+}
+
+func (f *faultCache) GetJSON(ctx context.Context, key string, dest any) error {
+	f.gets.Add(1)
+	if f.failGet.Load() {
+		return errInjected
+	}
+	return f.CacheClient.GetJSON(ctx, key, dest)
+}
+
+func (f *faultCache) SetJSON(ctx context.Context, key string, v any, ttl time.Duration) error {
+	f.sets.Add(1)
+	f.mu.Lock()
+	f.ttls[key] = ttl
+	f.mu.Unlock()
+	if f.failSet.Load() {
+		return errInjected
+	}
+	return f.CacheClient.SetJSON(ctx, key, v, ttl)
+}
+
+func (f *faultCache) Delete(ctx context.Context, keys ...string) error {
+	f.dels.Add(1)
+	if f.failDel.Load() {
+		return errInjected
+	}
+	return f.CacheClient.Delete(ctx, keys...)
+}
+
+func (f *faultCache) ttlOf(key string) (time.Duration, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	d, ok := f.ttls[key]
+	return d, ok
+}
+
+// multiFaultCache is a faultCache that also passes GetMulti through.
+type multiFaultCache struct{ *faultCache }
+
+func (m multiFaultCache) GetMulti(ctx context.Context, keys []string) ([]json.RawMessage, error) {
+	m.multis.Add(1)
+	if m.failGet.Load() {
+		return nil, errInjected
+	}
+	return m.CacheClient.(MultiGetter).GetMulti(ctx, keys)
+}
+
+// seedUser creates a valid user in repo and returns it.
+func seedUser(t testing.TB, repo UserRepository, name string) *User {
+	t.Helper()
+	u := &User{Name: name, Email: name + "@example.com"}
+	if err := repo.CreateUser(context.Background(), u); err != nil {
+		t.Fatalf("CreateUser(%s): %v", name, err)
+	}
+	return u
+}

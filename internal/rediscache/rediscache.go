@@ -1,0 +1,124 @@
+// Package rediscache stores byte values in Redis through go-redis v9.
+//
+// It is the storage behind the root package's RedisCache and works with any
+// redis.UniversalClient: a plain client, a cluster client or a failover
+// (sentinel) client. Every command touches one key, and multi-key work is
+// sent as a pipeline of single-key commands, which go-redis splits by slot on
+// a cluster, so nothing fails with CROSSSLOT. A miss is reported as ok ==
+// false, never as redis.Nil.
+package rediscache
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Cache is a prefixed view of one Redis deployment. It is safe for
+// concurrent use; it holds no state of its own beyond its configuration.
+type Cache struct {
+	c       redis.UniversalClient
+	prefix  string
+	cluster bool
+}
+
+// New returns a cache that stores every key under prefix on c.
+func New(c redis.UniversalClient, prefix string) *Cache {
+	_, cluster := c.(*redis.ClusterClient)
+	return &Cache{c: c, prefix: prefix, cluster: cluster}
+}
+
+// Client returns the client the cache talks through.
+func (c *Cache) Client() redis.UniversalClient { return c.c }
+
+// Key returns the Redis key that key is stored under.
+func (c *Cache) Key(key string) string { return c.prefix + key }
+
+// Get returns the value under key and whether it was there.
+func (c *Cache) Get(ctx context.Context, key string) ([]byte, bool, error) {
+	b, err := c.c.Get(ctx, c.prefix+key).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	return b, true, nil
+}
+
+// GetMulti returns the values under keys in one round trip, aligned with
+// keys; a nil element is a miss. On a single-node deployment it sends one
+// MGET; on a cluster, a pipeline of GETs that go-redis groups by node.
+func (c *Cache) GetMulti(ctx context.Context, keys []string) ([][]byte, error) {
+	out := make([][]byte, len(keys))
+	if len(keys) == 0 {
+		return out, nil
+	}
+	if !c.cluster {
+		full := make([]string, len(keys))
+		for i, k := range keys {
+			full[i] = c.prefix + k
+		}
+		vals, err := c.c.MGet(ctx, full...).Result()
+		if err != nil {
+			return nil, err
+		}
+		for i, v := range vals {
+			if s, ok := v.(string); ok {
+				out[i] = []byte(s)
+			}
+		}
+		return out, nil
+	}
+	cmds := make([]*redis.StringCmd, len(keys))
+	_, err := c.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, k := range keys {
+			cmds[i] = p.Get(ctx, c.prefix+k)
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, err
+	}
+	for i, cmd := range cmds {
+		b, err := cmd.Bytes()
+		switch {
+		case errors.Is(err, redis.Nil):
+		case err != nil:
+			return nil, err
+		default:
+			out[i] = b
+		}
+	}
+	return out, nil
+}
+
+// Set stores b under key. A ttl of zero or less means no expiry (go-redis's
+// KeepTTL is never sent).
+func (c *Cache) Set(ctx context.Context, key string, b []byte, ttl time.Duration) error {
+	if ttl < 0 {
+		ttl = 0
+	}
+	return c.c.Set(ctx, c.prefix+key, b, ttl).Err()
+}
+
+// Delete removes keys. One key is one DEL; several are a pipeline of DELs,
+// one per key, so that keys in different cluster slots never meet in one
+// command.
+func (c *Cache) Delete(ctx context.Context, keys ...string) error {
+	switch len(keys) {
+	case 0:
+		return nil
+	case 1:
+		return c.c.Del(ctx, c.prefix+keys[0]).Err()
+	}
+	_, err := c.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, k := range keys {
+			p.Del(ctx, c.prefix+k)
+		}
+		return nil
+	})
+	return err
+}

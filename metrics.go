@@ -1,0 +1,130 @@
+package cacheaside
+
+import (
+	"math"
+	"sync/atomic"
+	"time"
+
+	"github.com/cacheaside/cacheaside/internal/latency"
+)
+
+// ServiceMetrics is a point-in-time copy of a service's counters. It is a
+// plain value: copying it is safe and it does not change after GetMetrics
+// returns.
+//
+// Every valid read (one GetUser call, or one distinct ID of a GetUsersBatch
+// call) counts once in TotalRequests and exactly once in CacheHits,
+// CacheMisses or SharedLoads, so HitRate + MissRate is 1 once any request
+// was made.
+type ServiceMetrics struct {
+	// TotalRequests counts reads with a valid ID.
+	TotalRequests int64
+	// CacheHits counts reads answered by the cache, including cached
+	// "not found" answers.
+	CacheHits int64
+	// CacheMisses counts reads that missed the cache and led a load (or gave
+	// up waiting for one).
+	CacheMisses int64
+	// SharedLoads counts reads that missed the cache and were answered by a
+	// load another caller led: each is a repository query saved.
+	SharedLoads int64
+	// DatabaseLoads counts repository reads: single loads and batch loads
+	// each count once.
+	DatabaseLoads int64
+	// CacheErrors counts cache reads that failed (other than a miss) and fell
+	// back to the repository.
+	CacheErrors int64
+	// CacheWriteErrors counts fills that failed.
+	CacheWriteErrors int64
+	// CacheInvalidationErrors counts invalidations that failed after a
+	// successful write; the write itself succeeded.
+	CacheInvalidationErrors int64
+	// DatabaseErrors counts repository reads that failed for a reason other
+	// than "not found".
+	DatabaseErrors int64
+	// DecodeErrors counts cached entries that could not be decoded; each was
+	// treated as a miss.
+	DecodeErrors int64
+	// StaleFillsSkipped counts fills dropped because a write to the same key
+	// happened while the value was being loaded.
+	StaleFillsSkipped int64
+
+	// HitRate is CacheHits / TotalRequests, from 0 to 1.
+	HitRate float64
+	// MissRate is (CacheMisses + SharedLoads) / TotalRequests, from 0 to 1.
+	MissRate float64
+
+	// AvgResponseTime is the seed's exponential moving average of GetUser's
+	// response time (each new sample weighs 0.1).
+	AvgResponseTime time.Duration
+	// P50ResponseTime and P99ResponseTime are GetUser response-time
+	// percentiles since the service started, accurate to within 12.5%.
+	P50ResponseTime time.Duration
+	P99ResponseTime time.Duration
+	// LoadTime is the mean duration of a repository read.
+	LoadTime time.Duration
+
+	// CacheSize is the number of entries in the cache, or -1 when the cache
+	// does not implement Sizer.
+	CacheSize int64
+}
+
+// counters are a service's live metrics. They are updated with atomics and
+// never copied (vet's copylocks guards the atomic types).
+type counters struct {
+	requests, hits, misses, shared  atomic.Int64
+	loads, loadNanos                atomic.Int64
+	cacheErrs, writeErrs, invalErrs atomic.Int64
+	dbErrs, decodeErrs, staleFills  atomic.Int64
+	ema                             atomic.Int64 // nanoseconds
+	hist                            latency.Histogram
+}
+
+// observe records one response time in the histogram and the moving
+// average.
+func (c *counters) observe(d time.Duration) {
+	c.hist.Observe(d)
+	for {
+		old := c.ema.Load()
+		next := int64(d)
+		if old != 0 {
+			next = int64(math.Round(float64(old)*0.9 + float64(d)*0.1))
+		}
+		if c.ema.CompareAndSwap(old, next) {
+			return
+		}
+	}
+}
+
+func (c *counters) recordLoad(d time.Duration) {
+	c.loads.Add(1)
+	c.loadNanos.Add(int64(d))
+}
+
+func (c *counters) snapshot(size int64) ServiceMetrics {
+	m := ServiceMetrics{
+		TotalRequests:           c.requests.Load(),
+		CacheHits:               c.hits.Load(),
+		CacheMisses:             c.misses.Load(),
+		SharedLoads:             c.shared.Load(),
+		DatabaseLoads:           c.loads.Load(),
+		CacheErrors:             c.cacheErrs.Load(),
+		CacheWriteErrors:        c.writeErrs.Load(),
+		CacheInvalidationErrors: c.invalErrs.Load(),
+		DatabaseErrors:          c.dbErrs.Load(),
+		DecodeErrors:            c.decodeErrs.Load(),
+		StaleFillsSkipped:       c.staleFills.Load(),
+		AvgResponseTime:         time.Duration(c.ema.Load()),
+		P50ResponseTime:         c.hist.Quantile(0.50),
+		P99ResponseTime:         c.hist.Quantile(0.99),
+		CacheSize:               size,
+	}
+	if m.TotalRequests > 0 {
+		m.HitRate = float64(m.CacheHits) / float64(m.TotalRequests)
+		m.MissRate = float64(m.CacheMisses+m.SharedLoads) / float64(m.TotalRequests)
+	}
+	if m.DatabaseLoads > 0 {
+		m.LoadTime = time.Duration(c.loadNanos.Load() / m.DatabaseLoads)
+	}
+	return m
+}

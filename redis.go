@@ -1,0 +1,122 @@
+package cacheaside
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/cacheaside/cacheaside/internal/rediscache"
+)
+
+var (
+	_ CacheClient = (*RedisCache)(nil)
+	_ MultiGetter = (*RedisCache)(nil)
+)
+
+// RedisCache is a CacheClient over go-redis v9. It works with a plain
+// client, a cluster client and a failover (sentinel) client alike: every
+// command touches one key, and multi-key deletes and reads are pipelines
+// that go-redis splits by slot, so nothing fails with CROSSSLOT. It also
+// implements MultiGetter (MGET on a single node). Values are stored as plain
+// JSON, so other programs can read them.
+//
+// RedisCache holds no state beyond its configuration; closing the client is
+// the caller's business.
+type RedisCache struct {
+	c *rediscache.Cache // nil when built without a client
+}
+
+// A RedisOption configures a RedisCache.
+type RedisOption func(*redisOptions)
+
+type redisOptions struct {
+	prefix string
+}
+
+// WithKeyPrefix stores every key under prefix, so "user:7" becomes
+// prefix+"user:7". Use it to share one Redis between applications or
+// environments ("myapp:" or "{myapp}:" to pin all keys to one cluster slot).
+func WithKeyPrefix(prefix string) RedisOption {
+	return func(o *redisOptions) { o.prefix = prefix }
+}
+
+// NewRedisCache returns a cache that stores values through client. With a
+// nil client every method returns an error wrapping ErrNotConfigured.
+func NewRedisCache(client redis.UniversalClient, opts ...RedisOption) *RedisCache {
+	var o redisOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if client == nil {
+		return &RedisCache{}
+	}
+	return &RedisCache{c: rediscache.New(client, o.prefix)}
+}
+
+func (r *RedisCache) ready() error {
+	if r == nil || r.c == nil {
+		return fmt.Errorf("%w: nil Redis client", ErrNotConfigured)
+	}
+	return nil
+}
+
+// GetJSON decodes the value under key into dest. It returns ErrCacheMiss
+// when the key is absent (go-redis's redis.Nil never escapes), ErrDecode
+// when the value does not decode into dest, and the client's error, wrapped,
+// when Redis cannot be reached.
+func (r *RedisCache) GetJSON(ctx context.Context, key string, dest any) error {
+	if err := r.ready(); err != nil {
+		return err
+	}
+	b, ok, err := r.c.Get(ctx, key)
+	if err != nil {
+		return fmt.Errorf("cacheaside: redis GET %s: %w", key, err)
+	}
+	if !ok {
+		return ErrCacheMiss
+	}
+	return decodeJSON(key, b, dest)
+}
+
+// SetJSON stores the JSON encoding of value under key for ttl; a ttl of zero
+// or less stores it without expiry.
+func (r *RedisCache) SetJSON(ctx context.Context, key string, value any, ttl time.Duration) error {
+	if err := r.ready(); err != nil {
+		return err
+	}
+	b, err := encodeJSON(value)
+	if err != nil {
+		return err
+	}
+	if err := r.c.Set(ctx, key, b, ttl); err != nil {
+		return fmt.Errorf("cacheaside: redis SET %s: %w", key, err)
+	}
+	return nil
+}
+
+// Delete removes keys in one round trip.
+func (r *RedisCache) Delete(ctx context.Context, keys ...string) error {
+	if err := r.ready(); err != nil {
+		return err
+	}
+	if err := r.c.Delete(ctx, keys...); err != nil {
+		return fmt.Errorf("cacheaside: redis DEL: %w", err)
+	}
+	return nil
+}
+
+// GetMulti returns the values under keys in one round trip, aligned with
+// keys, with nil for misses.
+func (r *RedisCache) GetMulti(ctx context.Context, keys []string) ([]json.RawMessage, error) {
+	if err := r.ready(); err != nil {
+		return nil, err
+	}
+	bs, err := r.c.GetMulti(ctx, keys)
+	if err != nil {
+		return nil, fmt.Errorf("cacheaside: redis multi-get: %w", err)
+	}
+	return toRaw(bs), nil
+}

@@ -1,0 +1,114 @@
+package cacheaside
+
+import (
+	"context"
+	"fmt"
+	"net/mail"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// User is the entity the seed caches. It is stored in the cache as its JSON
+// encoding, so any other reader of the cache sees ordinary JSON.
+type User struct {
+	ID       int       `json:"id" db:"id"`
+	Name     string    `json:"name" db:"name"`
+	Email    string    `json:"email" db:"email"`
+	CreateAt time.Time `json:"created_at" db:"created_at"`
+}
+
+// UserRepository is the source of truth for users, typically a SQL table.
+//
+// Implementations report a missing user with an error for which
+// errors.Is(err, ErrUserNotFound) is true (wrapping it is fine), from
+// GetUser, UpdateUser and DeleteUser alike. CreateUser assigns the ID when
+// user.ID is 0 and CreateAt when it is the zero time, writing both back into
+// *user, and reports ErrUserExists for an ID that is taken. The service
+// validates input before it calls the repository, and never passes a nil
+// user.
+type UserRepository interface {
+	GetUser(ctx context.Context, id int) (*User, error)
+	CreateUser(ctx context.Context, user *User) error
+	UpdateUser(ctx context.Context, user *User) error
+	DeleteUser(ctx context.Context, id int) error
+}
+
+// BatchUserRepository is an optional interface that a UserRepository may
+// implement to read many users in one query (WHERE id = ANY($1), say).
+// NewUserService checks for it once; when present, GetUsersBatch loads all
+// of a batch's cache misses with one call instead of one call per ID.
+//
+// GetUsers returns a slice aligned with ids, with nil where no user exists;
+// a missing user is not an error.
+type BatchUserRepository interface {
+	GetUsers(ctx context.Context, ids []int) ([]*User, error)
+}
+
+// TTLs the seed suggests for its entities.
+const (
+	UserCacheTTL    = 1 * time.Hour
+	ProductCacheTTL = 30 * time.Minute
+	SessionCacheTTL = 15 * time.Minute
+)
+
+// userCacheKey returns the seed's cache key of a user, "user:<id>".
+func userCacheKey(id int) string { return "user:" + strconv.Itoa(id) }
+
+// allUsersCacheKey returns the seed's cache key of the list of all users.
+func allUsersCacheKey() string { return "users:all" }
+
+// defaultRelatedKeys returns the seed's keys that a write to user id
+// invalidates besides the user's own key.
+func defaultRelatedKeys(id int) []string {
+	s := strconv.Itoa(id)
+	return []string{allUsersCacheKey(), "user_posts:" + s, "user_stats:" + s}
+}
+
+// validateID reports ErrInvalidUser for an ID of zero or less.
+func validateID(id int) error {
+	if id <= 0 {
+		return fmt.Errorf("%w: id %d is not positive", ErrInvalidUser, id)
+	}
+	return nil
+}
+
+// validateUser checks what a write needs: a name, a well-formed email, valid
+// UTF-8 (JSON would silently replace invalid bytes, so they could not round
+// trip), and an ID that is positive, or zero when newID allows the
+// repository to assign one.
+func validateUser(u *User, newID bool) error {
+	if u == nil {
+		return fmt.Errorf("%w: nil user", ErrInvalidUser)
+	}
+	if u.ID < 0 || (u.ID == 0 && !newID) {
+		return fmt.Errorf("%w: id %d is not positive", ErrInvalidUser, u.ID)
+	}
+	if strings.TrimSpace(u.Name) == "" {
+		return fmt.Errorf("%w: empty name", ErrInvalidUser)
+	}
+	if !utf8.ValidString(u.Name) {
+		return fmt.Errorf("%w: name is not valid UTF-8", ErrInvalidUser)
+	}
+	if !validEmail(u.Email) {
+		return fmt.Errorf("%w: malformed email %q", ErrInvalidUser, u.Email)
+	}
+	return nil
+}
+
+// validEmail accepts a bare RFC 5322 address with a dotted domain, such as
+// "ann@example.com", and rejects display names, angle brackets and
+// surrounding space.
+func validEmail(s string) bool {
+	if s == "" || len(s) > 254 || !utf8.ValidString(s) {
+		return false
+	}
+	a, err := mail.ParseAddress(s)
+	if err != nil || a.Name != "" || a.Address != s {
+		return false
+	}
+	at := strings.LastIndexByte(s, '@')
+	domain := s[at+1:]
+	return at > 0 && strings.Contains(domain, ".") && !strings.HasPrefix(domain, ".") && !strings.HasSuffix(domain, ".")
+}
