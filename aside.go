@@ -336,6 +336,15 @@ func (a *Aside[K, V]) copyOut(v V, raw json.RawMessage) *V {
 	return &v
 }
 
+// clone returns a copy of *v that shares nothing with it.
+func (a *Aside[K, V]) clone(v *V) *V {
+	var raw json.RawMessage
+	if !a.shallow {
+		raw, _ = json.Marshal(v)
+	}
+	return a.copyOut(*v, raw)
+}
+
 func (a *Aside[K, V]) stripeOf(key string) *stripe {
 	return &a.stripes[maphash.String(a.seed, key)%numStripes]
 }
@@ -444,32 +453,20 @@ func (a *Aside[K, V]) GetMany(ctx context.Context, ids []K) ([]*V, error) {
 	}
 	used := make([]bool, len(uniq))
 	for i, j := range pos {
-		if vals[j] == nil {
+		v := vals[j]
+		if v == nil {
 			continue
 		}
-		if used[j] {
-			c := *vals[j]
-			out[i] = &c
-			if !a.shallow {
-				out[i] = a.copyOut(c, mustJSON(vals[j]))
-			}
-			continue
+		if used[j] { // a repeated ID gets its own copy
+			v = a.clone(v)
 		}
 		used[j] = true
-		out[i] = vals[j]
+		out[i] = v
 	}
 	if len(failed) > 0 {
 		return out, fmt.Errorf("cacheaside: batch load failed: %d errors occurred: %w", len(failed), errors.Join(failed...))
 	}
 	return out, nil
-}
-
-func mustJSON(v any) json.RawMessage {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return nil
-	}
-	return b
 }
 
 // lookupMany fills vals with the hits among keys, counts them, and returns

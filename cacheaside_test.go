@@ -288,65 +288,74 @@ func TestUserService_BadInput(t *testing.T) {
 		}},
 		{"DeleteUser zero id", func(s *UserService) error { return s.DeleteUser(context.Background(), 0) }},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			repo := newTestRepo()
-			u := seedUser(t, repo, "ivy")
-			fc := newFaultCache(NewMemoryCache())
-			svc := NewUserService(repo, fc)
-			err := tt.call(svc)
-			if !errors.Is(err, ErrInvalidUser) {
-				t.Fatalf("error = %v, want ErrInvalidUser", err)
-			}
-			if g, w := repo.gets.Load()+repo.batchGets.Load(), int64(0); g != w {
-				t.Fatalf("repository reads = %d, want %d", g, w)
-			}
-			if repo.writes.Load() != 1 { // the seed write only
-				t.Fatalf("repository writes = %d, want none beyond the seed", repo.writes.Load()-1)
-			}
-			if fc.gets.Load()+fc.sets.Load()+fc.dels.Load() != 0 {
-				t.Fatal("bad input reached the cache")
-			}
-			stored, _ := repo.MemoryRepository.GetUser(context.Background(), u.ID)
-			if *stored != *u {
-				t.Fatalf("stored user = %+v after bad input, want %+v", stored, u)
-			}
-		})
-	}
+	forEachBackend(t, func(t *testing.T, b backend) {
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				repo := newTestRepo()
+				u := seedUser(t, repo, "ivy")
+				fc := newFaultCache(b.cache)
+				svc := NewUserService(repo, fc)
+				err := tt.call(svc)
+				if !errors.Is(err, ErrInvalidUser) {
+					t.Fatalf("error = %v, want ErrInvalidUser", err)
+				}
+				if g, w := repo.gets.Load()+repo.batchGets.Load(), int64(0); g != w {
+					t.Fatalf("repository reads = %d, want %d", g, w)
+				}
+				if repo.writes.Load() != 1 { // the seed write only
+					t.Fatalf("repository writes = %d, want none beyond the seed", repo.writes.Load()-1)
+				}
+				if fc.gets.Load()+fc.sets.Load()+fc.dels.Load() != 0 {
+					t.Fatal("bad input reached the cache")
+				}
+				stored, _ := repo.MemoryRepository.GetUser(context.Background(), u.ID)
+				if *stored != *u {
+					t.Fatalf("stored user = %+v after bad input, want %+v", stored, u)
+				}
+			})
+		}
+	})
 }
 
 func TestUserService_TTLJitter(t *testing.T) {
-	ctx := context.Background()
-	repo := newTestRepo()
-	fc := newFaultCache(NewMemoryCache())
-	svc := NewUserService(repo, fc)
-	seen := map[time.Duration]bool{}
-	for i := range 50 {
-		u := seedUser(t, repo, "user"+string(rune('a'+i%26)))
-		_, err := svc.GetUser(ctx, u.ID)
-		require.NoError(t, err)
-		ttl, ok := fc.ttlOf(userCacheKey(u.ID))
-		require.True(t, ok)
-		if ttl < 54*time.Minute || ttl > UserCacheTTL {
-			t.Fatalf("fill TTL = %v, want within [54m, 1h]", ttl)
+	forEachBackend(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		repo := newTestRepo()
+		fc := newFaultCache(b.cache)
+		svc := NewUserService(repo, fc)
+		seen := map[time.Duration]bool{}
+		for i := range 50 {
+			u := seedUser(t, repo, "user"+string(rune('a'+i%26)))
+			_, err := svc.GetUser(ctx, u.ID)
+			require.NoError(t, err)
+			ttl, ok := fc.ttlOf(userCacheKey(u.ID))
+			require.True(t, ok)
+			if ttl < 54*time.Minute || ttl > UserCacheTTL {
+				t.Fatalf("fill TTL = %v, want within [54m, 1h]", ttl)
+			}
+			if stored := b.ttl(userCacheKey(u.ID)); stored > ttl || stored < ttl-2*time.Second {
+				t.Fatalf("stored TTL = %v, want the %v the service asked for", stored, ttl)
+			}
+			seen[ttl] = true
 		}
-		seen[ttl] = true
-	}
-	require.Greater(t, len(seen), 40, "TTLs of keys written together must differ")
+		require.Greater(t, len(seen), 40, "TTLs of keys written together must differ")
 
-	_, err := svc.GetUser(ctx, 10_000)
-	require.ErrorIs(t, err, ErrUserNotFound)
-	neg, _ := fc.ttlOf(userCacheKey(10_000))
-	if neg > DefaultNegativeTTL || neg < DefaultNegativeTTL*9/10 {
-		t.Fatalf("negative TTL = %v, want about %v", neg, DefaultNegativeTTL)
-	}
+		_, err := svc.GetUser(ctx, 10_000)
+		require.ErrorIs(t, err, ErrUserNotFound)
+		neg, _ := fc.ttlOf(userCacheKey(10_000))
+		if neg > DefaultNegativeTTL || neg < DefaultNegativeTTL*9/10 {
+			t.Fatalf("negative TTL = %v, want about %v", neg, DefaultNegativeTTL)
+		}
+	})
 
-	fc = newFaultCache(NewMemoryCache())
-	svc2 := NewUserService(repo, fc, WithTTL(5*time.Minute), WithJitter(0))
-	_, err = svc2.GetUser(ctx, 3)
+	repo := newTestRepo()
+	seedUser(t, repo, "zed")
+	fc := newFaultCache(NewMemoryCache())
+	svc := NewUserService(repo, fc, WithTTL(5*time.Minute), WithJitter(0))
+	_, err := svc.GetUser(context.Background(), 1)
 	require.NoError(t, err)
-	ttl, _ := fc.ttlOf(userCacheKey(3))
-	require.Equal(t, 5*time.Minute, ttl)
+	ttl, _ := fc.ttlOf(userCacheKey(1))
+	require.Equal(t, 5*time.Minute, ttl, "WithTTL and WithJitter(0) give an exact TTL")
 }
 
 func TestUserService_CallersOwnTheirCopies(t *testing.T) {
@@ -497,30 +506,33 @@ func TestUserService_GetUsersBatchWithoutMultiGet(t *testing.T) {
 }
 
 func TestUserService_Metrics(t *testing.T) {
-	ctx := context.Background()
-	repo := newTestRepo()
-	repo.setHook(func(context.Context, int) { time.Sleep(2 * time.Millisecond) })
-	svc := NewUserService(repo, NewMemoryCache())
-	u := seedUser(t, repo, "lena")
-	for range 4 {
-		_, err := svc.GetUser(ctx, u.ID)
-		require.NoError(t, err)
-	}
-	m := svc.GetMetrics()
-	require.Equal(t, int64(4), m.TotalRequests)
-	require.Equal(t, int64(3), m.CacheHits)
-	require.Equal(t, int64(1), m.CacheMisses)
-	require.Equal(t, int64(1), m.DatabaseLoads)
-	require.InDelta(t, 0.75, m.HitRate, 1e-9)
-	require.InDelta(t, 0.25, m.MissRate, 1e-9)
-	require.GreaterOrEqual(t, m.LoadTime, 2*time.Millisecond)
-	require.Greater(t, m.AvgResponseTime, time.Duration(0))
-	require.Greater(t, m.P99ResponseTime, m.P50ResponseTime, "the miss is slower than the hits")
-	require.GreaterOrEqual(t, m.P99ResponseTime, 2*time.Millisecond)
-	require.Equal(t, int64(1), m.CacheSize)
-
-	rs := NewUserService(repo, NewRedisCache(nil))
-	require.Equal(t, int64(-1), rs.GetMetrics().CacheSize, "Redis cannot tell its size")
+	forEachBackend(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		repo := newTestRepo()
+		repo.setHook(func(context.Context, int) { time.Sleep(2 * time.Millisecond) })
+		svc := NewUserService(repo, b.cache)
+		u := seedUser(t, repo, "lena")
+		for range 4 {
+			_, err := svc.GetUser(ctx, u.ID)
+			require.NoError(t, err)
+		}
+		m := svc.GetMetrics()
+		require.Equal(t, int64(4), m.TotalRequests)
+		require.Equal(t, int64(3), m.CacheHits)
+		require.Equal(t, int64(1), m.CacheMisses)
+		require.Equal(t, int64(1), m.DatabaseLoads)
+		require.InDelta(t, 0.75, m.HitRate, 1e-9)
+		require.InDelta(t, 0.25, m.MissRate, 1e-9)
+		require.GreaterOrEqual(t, m.LoadTime, 2*time.Millisecond)
+		require.Greater(t, m.AvgResponseTime, time.Duration(0))
+		require.Greater(t, m.P99ResponseTime, m.P50ResponseTime, "the miss is slower than the hits")
+		require.GreaterOrEqual(t, m.P99ResponseTime, 2*time.Millisecond)
+		if _, ok := b.cache.(Sizer); ok {
+			require.Equal(t, int64(1), m.CacheSize)
+		} else {
+			require.Equal(t, int64(-1), m.CacheSize, "a cache that cannot tell its size reports -1")
+		}
+	})
 }
 
 func TestUserService_NotConfigured(t *testing.T) {

@@ -167,8 +167,10 @@ func TestSingleFlight_ReadAfterWrite(t *testing.T) {
 
 		// A read that starts after the write returned must not wait for the
 		// old load (it is still blocked) and must see the new row.
-		fresh, err := svc.GetUser(ctx, u.ID)
-		require.NoError(t, err)
+		freshCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		fresh, err := svc.GetUser(freshCtx, u.ID)
+		require.NoError(t, err, "a read after the write must not wait for the load that began before it")
 		require.Equal(t, "new", fresh.Name)
 
 		close(release)
