@@ -2,6 +2,7 @@ package cacheaside
 
 import (
 	"context"
+	"os"
 	"testing"
 	"time"
 
@@ -75,4 +76,44 @@ func TestRedisCache_UniversalClients(t *testing.T) {
 			require.Equal(t, "ann2", got.Name)
 		})
 	}
+}
+
+// TestRedisCache_Sentinel runs the service through a failover client that
+// finds the master through a real redis-sentinel (REDIS_SENTINEL_ADDR, with
+// the master named in REDIS_SENTINEL_MASTER, "mymaster" by default).
+func TestRedisCache_Sentinel(t *testing.T) {
+	addr := os.Getenv("REDIS_SENTINEL_ADDR")
+	if addr == "" {
+		if inCI() {
+			t.Fatal("REDIS_SENTINEL_ADDR is not set in CI: .ci/run must start redis-sentinel")
+		}
+		t.Skip("REDIS_SENTINEL_ADDR not set; skipping the sentinel client")
+	}
+	master := os.Getenv("REDIS_SENTINEL_MASTER")
+	if master == "" {
+		master = "mymaster"
+	}
+	rdb := redis.NewFailoverClient(&redis.FailoverOptions{MasterName: master, SentinelAddrs: []string{addr}})
+	t.Cleanup(func() { rdb.Close() })
+	ctx := context.Background()
+	prefix := uniquePrefix(t)
+	t.Cleanup(func() {
+		if keys, _ := rdb.Keys(ctx, prefix+"*").Result(); len(keys) > 0 {
+			rdb.Del(ctx, keys...)
+		}
+	})
+	repo := newTestRepo()
+	u := seedUser(t, repo, "sentinel")
+	svc := NewUserService(repo, NewRedisCache(rdb, WithKeyPrefix(prefix)))
+	for range 2 {
+		got, err := svc.GetUser(ctx, u.ID)
+		require.NoError(t, err)
+		require.Equal(t, "sentinel", got.Name)
+	}
+	m := svc.GetMetrics()
+	require.Equal(t, int64(1), m.CacheHits)
+	require.Zero(t, m.CacheErrors)
+	n, err := rdb.Exists(ctx, prefix+userCacheKey(u.ID)).Result()
+	require.NoError(t, err)
+	require.Equal(t, int64(1), n, "the value is stored on the master the sentinel names")
 }
