@@ -7,7 +7,10 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
+	"go.uber.org/goleak"
 )
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func newCache(t *testing.T, prefix string) (*Cache, *miniredis.Miniredis) {
 	t.Helper()
