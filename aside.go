@@ -26,8 +26,9 @@ type LoadFunc[K comparable, V any] func(ctx context.Context, id K) (*V, error)
 
 // Aside is the cache-aside engine behind UserService, generic over the ID
 // type K and the value type V, for caching any other entity the same way
-// (see NewAside). Its methods are safe for concurrent use, and it starts no
-// goroutine: loads run on the goroutine of the caller that leads them.
+// (see NewAside). Its methods are safe for concurrent use. The only
+// goroutines it starts run shared loads: each ends when its load returns,
+// which the load timeout bounds for a loader that honours its context.
 type Aside[K comparable, V any] struct {
 	cache    CacheClient
 	multi    MultiGetter // nil when cache does not implement it
@@ -58,7 +59,7 @@ const numStripes = 256
 type stripe struct {
 	mu  sync.RWMutex  // held shared by fills, exclusively to bump gen
 	gen atomic.Uint64 // bumped by every invalidation of a key in the stripe
-	_   [40]byte      // keep stripes on separate cache lines
+	_   [32]byte      // pad the 32 bytes above to a 64-byte cache line
 }
 
 // absentMarker is what a cached "not found" answer holds: valid JSON that no

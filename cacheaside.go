@@ -8,8 +8,9 @@ import (
 // UserService serves users from a cache in front of a UserRepository with
 // the cache-aside pattern: reads try the cache, load misses once per key and
 // fill the cache before returning; writes go to the repository first and
-// then invalidate the user's keys. It is safe for concurrent use and starts
-// no goroutine, so it needs no Close.
+// then invalidate the user's keys. It is safe for concurrent use and keeps
+// no background goroutine, so it needs no Close: the goroutine that runs a
+// shared load ends with the load, which WithLoadTimeout bounds.
 type UserService struct {
 	db    UserRepository
 	users *Aside[int, User]

@@ -55,10 +55,13 @@
 //
 // # Concurrency
 //
-// All methods are safe for concurrent use. The service starts no goroutine:
-// a shared load runs on the goroutine of the caller that started it, and
-// batch lookups run on goroutines that end before [UserService.GetUsersBatch]
-// returns. Every returned *User is the caller's own copy.
+// All methods are safe for concurrent use, and there is nothing to close.
+// The service keeps no background goroutine: each shared load runs on a
+// goroutine of its own (singleflight's DoChan) that ends when the load
+// returns, which [WithLoadTimeout] bounds for a repository that honours its
+// context; batch lookups run on goroutines that end before
+// [UserService.GetUsersBatch] returns. Every returned *User is the caller's
+// own copy.
 //
 // # Other entities
 //
