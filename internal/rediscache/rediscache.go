@@ -48,26 +48,42 @@ func (c *Cache) Get(ctx context.Context, key string) ([]byte, bool, error) {
 	return b, true, nil
 }
 
+// mgetChunk caps the keys of one MGET, so that a huge batch does not hold
+// the server in one long command.
+const mgetChunk = 512
+
 // GetMulti returns the values under keys in one round trip, aligned with
-// keys; a nil element is a miss. On a single-node deployment it sends one
-// MGET; on a cluster, a pipeline of GETs that go-redis groups by node.
+// keys; a nil element is a miss. On a single-node deployment it sends
+// pipelined MGETs of at most mgetChunk keys; on a cluster, a pipeline of
+// GETs that go-redis groups by node.
 func (c *Cache) GetMulti(ctx context.Context, keys []string) ([][]byte, error) {
 	out := make([][]byte, len(keys))
 	if len(keys) == 0 {
 		return out, nil
 	}
 	if !c.cluster {
-		full := make([]string, len(keys))
-		for i, k := range keys {
-			full[i] = c.prefix + k
-		}
-		vals, err := c.c.MGet(ctx, full...).Result()
+		var cmds []*redis.SliceCmd
+		_, err := c.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for lo := 0; lo < len(keys); lo += mgetChunk {
+				chunk := keys[lo:min(lo+mgetChunk, len(keys))]
+				full := make([]string, len(chunk))
+				for i, k := range chunk {
+					full[i] = c.prefix + k
+				}
+				cmds = append(cmds, p.MGet(ctx, full...))
+			}
+			return nil
+		})
 		if err != nil {
 			return nil, err
 		}
-		for i, v := range vals {
-			if s, ok := v.(string); ok {
-				out[i] = []byte(s)
+		i := 0
+		for _, cmd := range cmds {
+			for _, v := range cmd.Val() {
+				if s, ok := v.(string); ok {
+					out[i] = []byte(s)
+				}
+				i++
 			}
 		}
 		return out, nil

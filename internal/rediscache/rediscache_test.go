@@ -2,6 +2,7 @@ package rediscache
 
 import (
 	"context"
+	"strconv"
 	"testing"
 	"time"
 
@@ -61,6 +62,27 @@ func TestCache_GetMultiDelete(t *testing.T) {
 	}
 	if mr.Exists("a") || mr.Exists("c") {
 		t.Fatal("keys survive Delete")
+	}
+}
+
+func TestCache_GetMultiChunks(t *testing.T) {
+	ctx := context.Background()
+	c, mr := newCache(t, "p:")
+	keys := make([]string, 2*mgetChunk+7)
+	for i := range keys {
+		keys[i] = strconv.Itoa(i)
+		if i%3 == 0 {
+			mr.Set("p:"+keys[i], keys[i])
+		}
+	}
+	got, err := c.GetMulti(ctx, keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, b := range got {
+		if i%3 == 0 && string(b) != keys[i] || i%3 != 0 && b != nil {
+			t.Fatalf("GetMulti[%d] = %q across chunks, want %q only for multiples of 3", i, b, keys[i])
+		}
 	}
 }
 
