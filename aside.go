@@ -426,9 +426,15 @@ func (a *Aside[K, V]) GetMany(ctx context.Context, ids []K) ([]*V, error) {
 		a.m.misses.Add(int64(len(missing)))
 		return out, err
 	}
+	var batchErr error // one failed batch read fails all its IDs with one cause
 	if len(missing) > 0 {
 		if a.loadMany != nil {
-			a.loadBatch(ctx, uniq, keys, missing, vals, errs)
+			batchErr = a.loadBatch(ctx, uniq, keys, missing, vals)
+			if batchErr != nil {
+				for _, j := range missing {
+					errs[j] = batchErr
+				}
+			}
 		} else {
 			g := new(errgroup.Group)
 			g.SetLimit(a.o.batchConc)
@@ -446,11 +452,16 @@ func (a *Aside[K, V]) GetMany(ctx context.Context, ids []K) ([]*V, error) {
 		}
 	}
 
-	var failed []error
+	n := 0
+	var causes []error
 	for _, err := range errs {
 		if err != nil {
-			failed = append(failed, err)
+			n++
+			causes = append(causes, err)
 		}
+	}
+	if batchErr != nil {
+		causes = []error{batchErr}
 	}
 	used := make([]bool, len(uniq))
 	for i, j := range pos {
@@ -464,8 +475,8 @@ func (a *Aside[K, V]) GetMany(ctx context.Context, ids []K) ([]*V, error) {
 		used[j] = true
 		out[i] = v
 	}
-	if len(failed) > 0 {
-		return out, fmt.Errorf("cacheaside: batch load failed: %d errors occurred: %w", len(failed), errors.Join(failed...))
+	if n > 0 {
+		return out, fmt.Errorf("cacheaside: batch load failed: %d errors occurred: %w", n, errors.Join(causes...))
 	}
 	return out, nil
 }
@@ -517,7 +528,7 @@ func (a *Aside[K, V]) lookupMany(ctx context.Context, keys []string, vals []*V, 
 
 // loadBatch loads the missing IDs with one batch read and fills the cache
 // with what it found, and with "not found" markers for the rest.
-func (a *Aside[K, V]) loadBatch(ctx context.Context, uniq []K, keys []string, missing []int, vals []*V, errs []error) {
+func (a *Aside[K, V]) loadBatch(ctx context.Context, uniq []K, keys []string, missing []int, vals []*V) error {
 	a.m.misses.Add(int64(len(missing)))
 	gens := make([]uint64, len(missing))
 	ids := make([]K, len(missing))
@@ -535,10 +546,7 @@ func (a *Aside[K, V]) loadBatch(ctx context.Context, uniq []K, keys []string, mi
 	}
 	if err != nil {
 		a.m.dbErrs.Add(1)
-		for _, j := range missing {
-			errs[j] = fmt.Errorf("cacheaside: load %s: %w", keys[j], err)
-		}
-		return
+		return fmt.Errorf("cacheaside: batch load of %d keys: %w", len(ids), err)
 	}
 	for n, j := range missing {
 		s := a.stripeOf(keys[j])
@@ -551,6 +559,7 @@ func (a *Aside[K, V]) loadBatch(ctx context.Context, uniq []K, keys []string, mi
 			a.fill(lctx, keys[j], absentMarker, a.o.negTTL, s, gens[n])
 		}
 	}
+	return nil
 }
 
 func (a *Aside[K, V]) safeLoadMany(ctx context.Context, ids []K) (vs []*V, err error) {

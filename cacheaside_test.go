@@ -580,3 +580,29 @@ func TestUserService_RepositoryErrors(t *testing.T) {
 	require.NoError(t, err, "a failed load must not be cached")
 	require.Equal(t, "nora", got.Name)
 }
+
+func TestUserService_GetUsersBatchFailureCountsIDs(t *testing.T) {
+	tests := []struct {
+		name   string
+		db     func(*testRepo) UserRepository
+		causes int // how often the cause appears in the message
+	}{
+		{"batch repository: one query, one cause", func(r *testRepo) UserRepository { return r }, 1},
+		{"single-row repository: one cause per ID", func(r *testRepo) UserRepository { return singleRepo{r} }, 3},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			repo := newTestRepo()
+			for _, n := range []string{"a", "b", "c"} {
+				seedUser(t, repo, n)
+			}
+			svc := NewUserService(tt.db(repo), NewMemoryCache())
+			repo.setErr(errInjected)
+			got, err := svc.GetUsersBatch(context.Background(), []int{1, 2, 3})
+			require.ErrorIs(t, err, errInjected)
+			require.Contains(t, err.Error(), "batch load failed: 3 errors occurred")
+			require.Equal(t, tt.causes, strings.Count(err.Error(), errInjected.Error()))
+			require.Equal(t, []*User{nil, nil, nil}, got)
+		})
+	}
+}
