@@ -419,50 +419,42 @@ func (a *Aside[K, V]) GetMany(ctx context.Context, ids []K) ([]*V, error) {
 	a.m.requests.Add(int64(len(uniq)))
 
 	vals := make([]*V, len(uniq))
-	errs := make([]error, len(uniq))
 	states := make([]state, len(uniq))
 	missing := a.lookupMany(ctx, keys, vals, states)
 	if err := ctx.Err(); err != nil {
 		a.m.misses.Add(int64(len(missing)))
 		return out, err
 	}
-	var batchErr error // one failed batch read fails all its IDs with one cause
-	if len(missing) > 0 {
-		if a.loadMany != nil {
-			batchErr = a.loadBatch(ctx, uniq, keys, missing, vals)
-			if batchErr != nil {
-				for _, j := range missing {
-					errs[j] = batchErr
+	// failed counts the IDs that could not be read; causes says why (one
+	// failed batch read is one cause for all of its IDs).
+	failed, causes := 0, []error(nil)
+	if len(missing) > 0 && a.loadMany != nil {
+		if err := a.loadBatch(ctx, uniq, keys, missing, vals); err != nil {
+			failed, causes = len(missing), []error{err}
+		}
+	} else if len(missing) > 0 {
+		errs := make([]error, len(uniq))
+		g := new(errgroup.Group)
+		g.SetLimit(a.o.batchConc)
+		for _, j := range missing {
+			g.Go(func() error {
+				v, err := a.loadShared(ctx, uniq[j], keys[j], states[j] == stMiss)
+				if err != nil && !errors.Is(err, a.notFound) {
+					errs[j] = err
 				}
+				vals[j] = v
+				return nil
+			})
+		}
+		_ = g.Wait()
+		for _, err := range errs {
+			if err != nil {
+				failed++
+				causes = append(causes, err)
 			}
-		} else {
-			g := new(errgroup.Group)
-			g.SetLimit(a.o.batchConc)
-			for _, j := range missing {
-				g.Go(func() error {
-					v, err := a.loadShared(ctx, uniq[j], keys[j], states[j] == stMiss)
-					if err != nil && !errors.Is(err, a.notFound) {
-						errs[j] = err
-					}
-					vals[j] = v
-					return nil
-				})
-			}
-			_ = g.Wait()
 		}
 	}
 
-	n := 0
-	var causes []error
-	for _, err := range errs {
-		if err != nil {
-			n++
-			causes = append(causes, err)
-		}
-	}
-	if batchErr != nil {
-		causes = []error{batchErr}
-	}
 	used := make([]bool, len(uniq))
 	for i, j := range pos {
 		v := vals[j]
@@ -475,8 +467,8 @@ func (a *Aside[K, V]) GetMany(ctx context.Context, ids []K) ([]*V, error) {
 		used[j] = true
 		out[i] = v
 	}
-	if n > 0 {
-		return out, fmt.Errorf("cacheaside: batch load failed: %d errors occurred: %w", n, errors.Join(causes...))
+	if failed > 0 {
+		return out, fmt.Errorf("cacheaside: batch load failed: %d errors occurred: %w", failed, errors.Join(causes...))
 	}
 	return out, nil
 }

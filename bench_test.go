@@ -16,10 +16,8 @@ import (
 // server users run).
 func benchRedis(b *testing.B) (redis.UniversalClient, string) {
 	b.Helper()
-	if addr := os.Getenv("REDIS_ADDR"); addr != "" {
-		c := realRedis(b)
-		_ = addr
-		return c, "redis-server"
+	if os.Getenv("REDIS_ADDR") != "" {
+		return realRedis(b), "redis-server"
 	}
 	mr := miniredis.RunT(b)
 	c := redis.NewClient(&redis.Options{Addr: mr.Addr()})
@@ -32,12 +30,7 @@ func benchRedis(b *testing.B) (redis.UniversalClient, string) {
 func hitFixture(b *testing.B) (svc *UserService, rdb redis.UniversalClient, rawKey string, id int) {
 	rdb, _ = benchRedis(b)
 	prefix := uniquePrefix(b)
-	b.Cleanup(func() {
-		keys, _ := rdb.Keys(context.Background(), prefix+"*").Result()
-		if len(keys) > 0 {
-			rdb.Del(context.Background(), keys...)
-		}
-	})
+	cleanupPrefix(b, rdb, prefix)
 	repo := NewMemoryRepository()
 	u := &User{Name: "Benchmark User", Email: "bench@example.com"}
 	if err := repo.CreateUser(context.Background(), u); err != nil {
@@ -116,12 +109,7 @@ func BenchmarkGetUsersBatch(b *testing.B) {
 	ctx := context.Background()
 	rdb, _ := benchRedis(b)
 	prefix := uniquePrefix(b)
-	b.Cleanup(func() {
-		keys, _ := rdb.Keys(ctx, prefix+"*").Result()
-		if len(keys) > 0 {
-			rdb.Del(ctx, keys...)
-		}
-	})
+	cleanupPrefix(b, rdb, prefix)
 	repo := NewMemoryRepository()
 	ids := make([]int, 100)
 	for i := range ids {

@@ -12,9 +12,9 @@ import (
 // no background goroutine, so it needs no Close: the goroutine that runs a
 // shared load ends with the load, which WithLoadTimeout bounds.
 type UserService struct {
-	db    UserRepository
-	users *Aside[int, User]
-	o     options
+	db      UserRepository
+	users   *Aside[int, User]
+	related func(id int) []string // keys a write invalidates besides user:<id>
 }
 
 // NewUserService returns a service that reads users from cache before db.
@@ -39,7 +39,7 @@ func NewUserService(db UserRepository, cache CacheClient, opts ...Option) *UserS
 	if b, ok := db.(BatchUserRepository); ok {
 		a.loadMany = b.GetUsers
 	}
-	return &UserService{db: db, users: a, o: o}
+	return &UserService{db: db, users: a, related: o.related}
 }
 
 // GetUser returns the user with the given ID, from the cache when it is
@@ -156,7 +156,7 @@ func (s *UserService) invalidate(ctx context.Context, id int) {
 	if id <= 0 {
 		return
 	}
-	_ = s.users.invalidate(ctx, userCacheKey(id), s.o.related(id)) // counted and logged
+	_ = s.users.invalidate(ctx, userCacheKey(id), s.related(id)) // counted and logged
 }
 
 // GetMetrics returns a snapshot of the service's counters.

@@ -89,6 +89,17 @@ func uniquePrefix(t testing.TB) string {
 	return "cacheaside-test:" + hex.EncodeToString(b) + ":"
 }
 
+// cleanupPrefix deletes every key under prefix from c when the test ends,
+// so tests leave a shared Redis as they found it.
+func cleanupPrefix(t testing.TB, c redis.UniversalClient, prefix string) {
+	t.Cleanup(func() {
+		ctx := context.Background()
+		if keys, _ := c.Keys(ctx, prefix+"*").Result(); len(keys) > 0 {
+			c.Del(ctx, keys...)
+		}
+	})
+}
+
 func memoryBackend(t testing.TB) backend {
 	clk := &testClock{t: time.Unix(1_700_000_000, 0)}
 	mc := NewMemoryCache(WithClock(clk.Now))
@@ -130,12 +141,7 @@ func realRedisBackend(t testing.TB) backend {
 	c := realRedis(t)
 	prefix := uniquePrefix(t)
 	ctx := context.Background()
-	t.Cleanup(func() {
-		keys, _ := c.Keys(ctx, prefix+"*").Result()
-		if len(keys) > 0 {
-			c.Del(ctx, keys...)
-		}
-	})
+	cleanupPrefix(t, c, prefix)
 	return backend{
 		name:   "redis-server",
 		cache:  NewRedisCache(c, WithKeyPrefix(prefix)),

@@ -97,11 +97,7 @@ func TestRedisCache_Sentinel(t *testing.T) {
 	t.Cleanup(func() { rdb.Close() })
 	ctx := context.Background()
 	prefix := uniquePrefix(t)
-	t.Cleanup(func() {
-		if keys, _ := rdb.Keys(ctx, prefix+"*").Result(); len(keys) > 0 {
-			rdb.Del(ctx, keys...)
-		}
-	})
+	cleanupPrefix(t, rdb, prefix)
 	repo := newTestRepo()
 	u := seedUser(t, repo, "sentinel")
 	svc := NewUserService(repo, NewRedisCache(rdb, WithKeyPrefix(prefix)))
