@@ -32,6 +32,7 @@ type LoadFunc[K comparable, V any] func(ctx context.Context, id K) (*V, error)
 type Aside[K comparable, V any] struct {
 	cache    CacheClient
 	multi    MultiGetter // nil when cache does not implement it
+	leaser   Leaser      // nil when cache does not implement it
 	sizer    Sizer       // nil when cache does not implement it
 	load     LoadFunc[K, V]
 	loadMany func(ctx context.Context, ids []K) ([]*V, error) // nil: load one by one
@@ -97,6 +98,7 @@ func newAside[K comparable, V any](cache CacheClient, key func(K) string, load L
 		seed:     maphash.MakeSeed(),
 	}
 	a.multi, _ = cache.(MultiGetter)
+	a.leaser, _ = cache.(Leaser)
 	a.sizer, _ = cache.(Sizer)
 	return a
 }
@@ -144,9 +146,6 @@ func (a *Aside[K, V]) get(ctx context.Context, id K, key string) (*V, error) {
 		a.m.misses.Add(1)
 		return nil, err
 	}
-	if st == stFailed {
-		return a.loadShared(ctx, id, key, false)
-	}
 	switch st {
 	case stHit:
 		a.m.hits.Add(1)
@@ -155,20 +154,21 @@ func (a *Aside[K, V]) get(ctx context.Context, id K, key string) (*V, error) {
 		a.m.hits.Add(1)
 		return nil, a.notFound
 	}
-	return a.loadShared(ctx, id, key, true)
+	return a.loadShared(ctx, id, key, st == stMiss)
 }
 
 type state int
 
 const (
-	stMiss state = iota
-	stHit
-	stAbsent
-	stFailed // a miss because the cache failed or held an undecodable entry
+	stMiss   state = iota // nothing usable: empty, a lease, or undecodable
+	stHit                 // a value
+	stAbsent              // a cached "not found"
+	stFailed              // the cache failed
 )
 
-// lookup reads key from the cache. Cache failures and undecodable entries
-// are counted and reported as misses; only the end of ctx is an error.
+// lookup reads key from the cache. Cache failures are counted and reported
+// as stFailed, undecodable entries and leases as misses; only the end of
+// ctx is an error.
 func (a *Aside[K, V]) lookup(ctx context.Context, key string) (*V, json.RawMessage, state, error) {
 	var raw json.RawMessage
 	err := a.cache.GetJSON(ctx, key, &raw)
@@ -182,25 +182,36 @@ func (a *Aside[K, V]) lookup(ctx context.Context, key string) (*V, json.RawMessa
 		if isDecodeError(err) {
 			a.m.decodeErrs.Add(1)
 			a.log.WarnContext(ctx, "cacheaside: undecodable cache entry, treated as a miss", "key", key, "err", err)
-			return nil, nil, stFailed, nil
+			return nil, nil, stMiss, nil
 		}
 		a.m.cacheErrs.Add(1)
 		a.log.WarnContext(ctx, "cacheaside: cache error, falling back to the repository", "key", key, "err", err)
 		return nil, nil, stFailed, nil
 	}
-	v, st := a.decode(ctx, key, raw)
+	v, st := a.decode(ctx, key, raw, true)
 	return v, raw, st, nil
 }
 
-func (a *Aside[K, V]) decode(ctx context.Context, key string, raw json.RawMessage) (*V, state) {
-	if bytes.Equal(raw, absentMarker) {
-		return nil, stAbsent
+// decode turns what a key holds into a value, a cached "not found", or a
+// miss (a lease, or an entry that does not decode, which is counted and
+// logged when report is set; a second look at the same key does not).
+func (a *Aside[K, V]) decode(ctx context.Context, key string, raw json.RawMessage, report bool) (*V, state) {
+	if len(raw) > 0 && raw[0] == '"' {
+		switch {
+		case bytes.Equal(raw, absentMarker):
+			return nil, stAbsent
+		case isLease(raw):
+			return nil, stMiss
+		}
 	}
 	v := new(V)
 	if err := json.Unmarshal(raw, v); err != nil {
+		if !report {
+			return nil, stMiss
+		}
 		a.m.decodeErrs.Add(1)
 		a.log.WarnContext(ctx, "cacheaside: undecodable cache entry, treated as a miss", "key", key, "err", err)
-		return nil, stFailed
+		return nil, stMiss
 	}
 	return v, stHit
 }
@@ -217,25 +228,64 @@ type flight[V any] struct {
 	val    V               // the value, when err is nil
 	raw    json.RawMessage // its JSON encoding, when known
 	err    error
+	// fresh is an instant before which every write was already visible to
+	// the result: a caller that joined the flight before it may take the
+	// result, one that joined later may be owed a newer value.
+	fresh time.Time
 }
 
+// maxRejoins bounds how many times a caller that joined a flight too late
+// to trust its result looks again before it reads the source itself.
+const maxRejoins = 2
+
 // loadShared joins or leads the load of key for the key's current
-// generation and waits for it on ctx. recheck asks the leader to look at the
-// cache again first; it is pointless when the cache just failed.
-func (a *Aside[K, V]) loadShared(ctx context.Context, id K, key string, recheck bool) (*V, error) {
-	s := a.stripeOf(key)
-	gen := s.gen.Load()
-	tag := new(byte)
-	ch := a.sf.DoChan(key+"\x00"+strconv.FormatUint(gen, 36), func() (any, error) {
-		return a.flight(ctx, id, key, s, gen, tag, recheck), nil
-	})
-	select {
-	case <-ctx.Done():
-		a.m.misses.Add(1)
-		return nil, ctx.Err()
-	case r := <-ch:
-		f := r.Val.(*flight[V])
-		if f.leader == tag {
+// generation and waits for it on ctx. useCache is false when the cache just
+// failed: the load then skips the cache (and, with leases, the fill).
+//
+// A caller that joined a flight after the flight's result stopped being
+// known fresh (see flight.fresh) does not take it: it looks at the cache
+// again and, at most maxRejoins times, joins the next flight, and then
+// reads the source on its own. This is what keeps a read that starts after
+// a write in another process from being handed a value loaded before it.
+func (a *Aside[K, V]) loadShared(ctx context.Context, id K, key string, useCache bool) (*V, error) {
+	start := time.Now()
+	for attempt := 0; ; attempt++ {
+		s := a.stripeOf(key)
+		gen := s.gen.Load()
+		tag := new(byte)
+		ch := a.sf.DoChan(key+"\x00"+strconv.FormatUint(gen, 36), func() (any, error) {
+			return a.flight(ctx, id, key, s, gen, tag, useCache), nil
+		})
+		var f *flight[V]
+		select {
+		case <-ctx.Done():
+			a.m.misses.Add(1)
+			return nil, ctx.Err()
+		case r := <-ch:
+			f = r.Val.(*flight[V])
+		}
+		leader := f.leader == tag
+		if !leader && !start.Before(f.fresh) && (f.err == nil || errors.Is(f.err, a.notFound)) {
+			a.m.rejoins.Add(1)
+			if attempt == maxRejoins {
+				return a.loadAlone(ctx, id, key)
+			}
+			if useCache {
+				switch v, _, st, err := a.lookup(ctx, key); {
+				case err != nil:
+					a.m.misses.Add(1)
+					return nil, err
+				case st == stHit:
+					a.m.hits.Add(1)
+					return v, nil
+				case st == stAbsent:
+					a.m.hits.Add(1)
+					return nil, a.notFound
+				}
+			}
+			continue
+		}
+		if leader {
 			a.m.misses.Add(1)
 		} else {
 			a.m.shared.Add(1)
@@ -247,11 +297,28 @@ func (a *Aside[K, V]) loadShared(ctx context.Context, id K, key string, recheck 
 	}
 }
 
-// flight runs one shared load: it looks at the cache again, loads from the
-// repository, and fills the cache unless a write intervened. It runs on a
-// context detached from the caller's, and turns a panic into a PanicError
-// for every waiter, so the key is always freed.
-func (a *Aside[K, V]) flight(parent context.Context, id K, key string, s *stripe, gen uint64, tag *byte, recheck bool) (f *flight[V]) {
+// loadAlone reads the source for one caller, on its own context, and leaves
+// the cache alone.
+func (a *Aside[K, V]) loadAlone(ctx context.Context, id K, key string) (*V, error) {
+	a.m.misses.Add(1)
+	f := &flight[V]{}
+	ctx, cancel := context.WithTimeout(ctx, a.o.loadTimeout)
+	defer cancel()
+	a.loadInto(ctx, id, key, f, nil, 0, fillNone, nil)
+	if f.err != nil {
+		return nil, f.err
+	}
+	return &f.val, nil
+}
+
+// flight runs one shared load and turns a panic into a PanicError for
+// every waiter, so the key is always freed. It runs on a context detached
+// from the caller's.
+//
+// With a Leaser it takes a lease on the key, or waits for the holder of
+// another one (see leaseLoad). Without one it looks at the cache again,
+// loads, and fills unless a write in this process intervened.
+func (a *Aside[K, V]) flight(parent context.Context, id K, key string, s *stripe, gen uint64, tag *byte, useCache bool) (f *flight[V]) {
 	f = &flight[V]{leader: tag}
 	defer func() {
 		if p := recover(); p != nil {
@@ -263,22 +330,132 @@ func (a *Aside[K, V]) flight(parent context.Context, id K, key string, s *stripe
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(parent), a.o.loadTimeout)
 	defer cancel()
 
-	// Single flight only merges calls that overlap: a flight that ended just
-	// before this one may already have filled the key.
-	if recheck {
-		switch v, raw, st, _ := a.lookup(ctx, key); st {
-		case stHit:
-			f.val, f.raw = *v, raw
-			return f
-		case stAbsent:
-			f.err = a.notFound
-			return f
+	switch {
+	case a.leaser != nil && useCache:
+		a.leaseLoad(ctx, id, key, s, gen, f)
+	case a.leaser != nil:
+		// The cache just failed: read the source, leave the cache alone.
+		a.loadInto(ctx, id, key, f, s, gen, fillNone, nil)
+	default:
+		// Single flight only merges calls that overlap: a flight that ended
+		// just before this one may already have filled the key.
+		if useCache {
+			at := time.Now()
+			switch v, raw, st, _ := a.lookup(ctx, key); st {
+			case stHit:
+				f.val, f.raw, f.fresh = *v, raw, at
+				return f
+			case stAbsent:
+				f.err, f.fresh = a.notFound, at
+				return f
+			}
 		}
+		a.loadInto(ctx, id, key, f, s, gen, fillSet, nil)
 	}
+	return f
+}
 
-	start := time.Now()
+// leaseLoad places a lease on key and loads, or waits for the holder of
+// another caller's lease to fill the key, polling with backoff. It takes the
+// key over when the other lease ends without a value (its holder failed or
+// died and the lease expired), and after waiting WithLeaseWait it loads
+// without filling.
+func (a *Aside[K, V]) leaseLoad(ctx context.Context, id K, key string, s *stripe, gen uint64, f *flight[V]) {
+	lease := newLease()
+	deadline := time.Now().Add(a.o.leaseWait)
+	backoff := leaseBackoffMin
+	waited := false
+	for {
+		at := time.Now()
+		held, err := a.leaser.SetNX(ctx, key, lease, a.o.leaseTTL)
+		switch {
+		case err != nil && ctx.Err() != nil:
+			f.err = fmt.Errorf("cacheaside: load %s: %w", key, ctx.Err())
+			return
+		case err != nil:
+			a.m.cacheErrs.Add(1)
+			a.log.WarnContext(ctx, "cacheaside: cache error, falling back to the repository", "key", key, "err", err)
+			a.loadInto(ctx, id, key, f, s, gen, fillNone, nil)
+			return
+		case held == nil:
+			a.loadInto(ctx, id, key, f, s, gen, fillSwap, lease)
+			return
+		case !isLease(held):
+			switch v, st := a.decode(ctx, key, held, false); st {
+			case stHit:
+				f.val, f.raw, f.fresh = *v, held, at
+				return
+			case stAbsent:
+				f.err, f.fresh = a.notFound, at
+				return
+			}
+			// Undecodable: load, and replace it if it is still there.
+			a.loadInto(ctx, id, key, f, s, gen, fillSwap, held)
+			return
+		}
+		if !waited {
+			waited = true
+			a.m.leaseWaits.Add(1)
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			a.m.leaseTimeouts.Add(1)
+			a.log.WarnContext(ctx, "cacheaside: gave up waiting for another caller's lease; loading without filling", "key", key)
+			a.loadInto(ctx, id, key, f, s, gen, fillNone, nil)
+			return
+		}
+		t := time.NewTimer(min(backoff/2+rand.N(backoff), left))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			f.err = fmt.Errorf("cacheaside: load %s: %w", key, ctx.Err())
+			return
+		case <-t.C:
+		}
+		backoff = min(2*backoff, leaseBackoffMax)
+	}
+}
+
+// How a waiter polls a key that another caller's lease holds: from about
+// leaseBackoffMin between polls, doubling up to leaseBackoffMax, with
+// jitter.
+const (
+	leaseBackoffMin = 4 * time.Millisecond
+	leaseBackoffMax = 64 * time.Millisecond
+)
+
+// leasePrefix starts every lease: a JSON string, like absentMarker, that
+// no value encodes to. The lease goes on with a random token per call.
+const leasePrefix = `"\u0000cacheaside:lease:`
+
+func isLease(b []byte) bool { return bytes.HasPrefix(b, []byte(leasePrefix)) }
+
+// newLease returns a lease with a fresh 128-bit random token.
+func newLease() []byte {
+	b := make([]byte, 0, len(leasePrefix)+33)
+	b = append(b, leasePrefix...)
+	b = strconv.AppendUint(b, rand.Uint64()|1<<63, 16)
+	b = strconv.AppendUint(b, rand.Uint64()|1<<63, 16)
+	return append(b, '"')
+}
+
+// fillMode says how a load stores what it read.
+type fillMode int
+
+const (
+	fillNone fillMode = iota // leave the cache alone
+	fillSet                  // SetJSON, unless this process wrote the key meanwhile
+	fillSwap                 // CompareAndSwap against the lease (or entry) it expects
+)
+
+// loadInto reads id from the source into f and stores the result as mode
+// says. With fillSwap, expect is what the key must still hold; when the
+// read fails, a lease in expect is released so that waiters take over at
+// once.
+func (a *Aside[K, V]) loadInto(ctx context.Context, id K, key string, f *flight[V], s *stripe, gen uint64, mode fillMode, expect []byte) {
+	f.fresh = time.Now()
 	v, err := a.load(ctx, id)
-	a.m.recordLoad(time.Since(start))
+	a.m.recordLoad(time.Since(f.fresh))
 	switch {
 	case err == nil && v != nil:
 		f.val = *v
@@ -286,34 +463,70 @@ func (a *Aside[K, V]) flight(parent context.Context, id K, key string, s *stripe
 		if merr != nil {
 			a.m.writeErrs.Add(1)
 			a.log.ErrorContext(ctx, "cacheaside: value cannot be encoded, not cached", "key", key, "err", merr)
-			return f
+			a.release(ctx, key, mode, expect)
+			return
 		}
 		f.raw = raw
-		a.fill(ctx, key, raw, a.o.ttl, s, gen)
+		a.store(ctx, key, raw, a.o.ttl, s, gen, f, mode, expect)
 	case err == nil || errors.Is(err, ErrNotFound) || errors.Is(err, a.notFound):
 		f.err = a.notFound
 		if a.o.negTTL > 0 {
-			a.fill(ctx, key, absentMarker, a.o.negTTL, s, gen)
+			a.store(ctx, key, absentMarker, a.o.negTTL, s, gen, f, mode, expect)
+		} else {
+			a.release(ctx, key, mode, expect)
 		}
 	default:
 		a.m.dbErrs.Add(1)
 		f.err = fmt.Errorf("cacheaside: load %s: %w", key, err)
+		a.release(ctx, key, mode, expect)
 	}
-	return f
 }
 
-// fill writes raw under key unless the key's stripe moved past gen, which
-// means a write happened after the value was loaded.
-func (a *Aside[K, V]) fill(ctx context.Context, key string, raw json.RawMessage, ttl time.Duration, s *stripe, gen uint64) {
+// store writes raw under key as mode says, unless the key's stripe moved
+// past gen (a write in this process since the load began; its delete also
+// removes any lease). A store that lands moves f.fresh up to the moment it
+// was sent: until then, no write can have been acknowledged without
+// removing the lease it swapped out.
+func (a *Aside[K, V]) store(ctx context.Context, key string, raw json.RawMessage, ttl time.Duration, s *stripe, gen uint64, f *flight[V], mode fillMode, expect []byte) {
+	if mode == fillNone {
+		return
+	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if s.gen.Load() != gen {
 		a.m.staleFills.Add(1)
 		return
 	}
-	if err := a.cache.SetJSON(ctx, key, raw, a.jitter(ttl)); err != nil {
+	at := time.Now()
+	var err error
+	if mode == fillSet {
+		err = a.cache.SetJSON(ctx, key, raw, a.jitter(ttl))
+	} else {
+		var ok bool
+		ok, err = a.leaser.CompareAndSwap(ctx, key, expect, raw, a.jitter(ttl))
+		if err == nil && !ok {
+			a.m.staleFills.Add(1)
+			return
+		}
+	}
+	if err != nil {
 		a.m.writeErrs.Add(1)
 		a.log.WarnContext(ctx, "cacheaside: cache fill failed", "key", key, "err", err)
+		return
+	}
+	f.fresh = at
+}
+
+// release removes this load's own lease after a failed read, on a short
+// context of its own, since the load's may have ended.
+func (a *Aside[K, V]) release(ctx context.Context, key string, mode fillMode, expect []byte) {
+	if mode != fillSwap || !isLease(expect) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+	defer cancel()
+	if _, err := a.leaser.CompareAndSwap(ctx, key, expect, nil, 0); err != nil {
+		a.log.WarnContext(ctx, "cacheaside: lease release failed; it will expire", "key", key, "err", err)
 	}
 }
 
@@ -427,18 +640,18 @@ func (a *Aside[K, V]) GetMany(ctx context.Context, ids []K) ([]*V, error) {
 	}
 	// failed counts the IDs that could not be read; causes says why (one
 	// failed batch read is one cause for all of its IDs).
-	failed, causes := 0, []error(nil)
+	var failed int
+	var causes []error
 	if len(missing) > 0 && a.loadMany != nil {
-		if err := a.loadBatch(ctx, uniq, keys, missing, vals); err != nil {
-			failed, causes = len(missing), []error{err}
-		}
-	} else if len(missing) > 0 {
+		missing, failed, causes = a.loadBatch(ctx, uniq, keys, missing, states, vals)
+	}
+	if len(missing) > 0 {
 		errs := make([]error, len(uniq))
 		g := new(errgroup.Group)
 		g.SetLimit(a.o.batchConc)
 		for _, j := range missing {
 			g.Go(func() error {
-				v, err := a.loadShared(ctx, uniq[j], keys[j], states[j] == stMiss)
+				v, err := a.loadShared(ctx, uniq[j], keys[j], states[j] != stFailed)
 				if err != nil && !errors.Is(err, a.notFound) {
 					errs[j] = err
 				}
@@ -482,7 +695,7 @@ func (a *Aside[K, V]) lookupMany(ctx context.Context, keys []string, vals []*V, 
 		case err == nil && len(raws) == len(keys):
 			for i, raw := range raws {
 				if raw != nil {
-					vals[i], states[i] = a.decode(ctx, keys[i], raw)
+					vals[i], states[i] = a.decode(ctx, keys[i], raw, true)
 				}
 			}
 		case ctx.Err() != nil:
@@ -520,16 +733,81 @@ func (a *Aside[K, V]) lookupMany(ctx context.Context, keys []string, vals []*V, 
 
 // loadBatch loads the missing IDs with one batch read and fills the cache
 // with what it found, and with "not found" markers for the rest.
-func (a *Aside[K, V]) loadBatch(ctx context.Context, uniq []K, keys []string, missing []int, vals []*V) error {
-	a.m.misses.Add(int64(len(missing)))
-	gens := make([]uint64, len(missing))
-	ids := make([]K, len(missing))
-	for n, j := range missing {
-		gens[n] = a.stripeOf(keys[j]).gen.Load()
-		ids[n] = uniq[j]
-	}
+//
+// With a Leaser it first takes a lease on each key, concurrently, and fills
+// by compare-and-swap on its own leases, as a single load does. A key that
+// turns out to hold a value is served from it; keys under another caller's
+// lease are returned in rest, to be waited for one by one. failed and
+// causes report a failed batch read.
+func (a *Aside[K, V]) loadBatch(ctx context.Context, uniq []K, keys []string, missing []int, states []state, vals []*V) (rest []int, failed int, causes []error) {
 	lctx, cancel := context.WithTimeout(ctx, a.o.loadTimeout)
 	defer cancel()
+	type job struct {
+		j      int
+		gen    uint64
+		mode   fillMode
+		expect []byte
+	}
+	jobs := make([]job, len(missing))
+	for n, j := range missing {
+		jb := job{j: j, gen: a.stripeOf(keys[j]).gen.Load(), mode: fillSet}
+		if a.leaser != nil {
+			jb.mode = fillSwap
+			if states[j] == stFailed { // the cache just failed: leave it alone
+				jb.mode = fillNone
+			}
+		}
+		jobs[n] = jb
+	}
+	if a.leaser != nil {
+		held := make([][]byte, len(jobs))
+		errs := make([]error, len(jobs))
+		g := new(errgroup.Group)
+		g.SetLimit(a.o.batchConc)
+		for n := range jobs {
+			if jobs[n].mode != fillSwap {
+				continue
+			}
+			jobs[n].expect = newLease()
+			g.Go(func() error {
+				held[n], errs[n] = a.leaser.SetNX(lctx, keys[jobs[n].j], jobs[n].expect, a.o.leaseTTL)
+				return nil
+			})
+		}
+		_ = g.Wait()
+		kept := jobs[:0]
+		for n, jb := range jobs {
+			switch {
+			case jb.mode != fillSwap || held[n] == nil && errs[n] == nil:
+			case errs[n] != nil:
+				a.m.cacheErrs.Add(1)
+				a.log.WarnContext(ctx, "cacheaside: cache error, falling back to the repository", "key", keys[jb.j], "err", errs[n])
+				jb.mode, jb.expect = fillNone, nil
+			case isLease(held[n]):
+				rest = append(rest, jb.j)
+				continue
+			default:
+				v, st := a.decode(ctx, keys[jb.j], held[n], false)
+				if st == stHit || st == stAbsent {
+					vals[jb.j] = v
+					a.m.hits.Add(1)
+					continue
+				}
+				jb.expect = held[n] // undecodable: replace it if still there
+			}
+			kept = append(kept, jb)
+		}
+		jobs = kept
+	}
+	if len(jobs) == 0 {
+		return rest, 0, nil
+	}
+
+	a.m.misses.Add(int64(len(jobs)))
+	ids := make([]K, len(jobs))
+	for n, jb := range jobs {
+		ids[n] = uniq[jb.j]
+	}
 	start := time.Now()
 	got, err := a.safeLoadMany(lctx, ids)
 	a.m.recordLoad(time.Since(start))
@@ -538,20 +816,30 @@ func (a *Aside[K, V]) loadBatch(ctx context.Context, uniq []K, keys []string, mi
 	}
 	if err != nil {
 		a.m.dbErrs.Add(1)
-		return fmt.Errorf("cacheaside: batch load of %d keys: %w", len(ids), err)
+		for _, jb := range jobs {
+			a.release(lctx, keys[jb.j], jb.mode, jb.expect)
+		}
+		return rest, len(jobs), []error{fmt.Errorf("cacheaside: batch load of %d keys: %w", len(ids), err)}
 	}
-	for n, j := range missing {
-		s := a.stripeOf(keys[j])
-		if v := got[n]; v != nil {
-			vals[j] = v
-			if raw, err := json.Marshal(v); err == nil {
-				a.fill(lctx, keys[j], raw, a.o.ttl, s, gens[n])
+	var scratch flight[V] // only one caller sees these values
+	for n, jb := range jobs {
+		key, s := keys[jb.j], a.stripeOf(keys[jb.j])
+		switch v := got[n]; {
+		case v != nil:
+			vals[jb.j] = v
+			raw, err := json.Marshal(v)
+			if err != nil {
+				a.release(lctx, key, jb.mode, jb.expect)
+				continue
 			}
-		} else if a.o.negTTL > 0 {
-			a.fill(lctx, keys[j], absentMarker, a.o.negTTL, s, gens[n])
+			a.store(lctx, key, raw, a.o.ttl, s, jb.gen, &scratch, jb.mode, jb.expect)
+		case a.o.negTTL > 0:
+			a.store(lctx, key, absentMarker, a.o.negTTL, s, jb.gen, &scratch, jb.mode, jb.expect)
+		default:
+			a.release(lctx, key, jb.mode, jb.expect)
 		}
 	}
-	return nil
+	return rest, 0, nil
 }
 
 func (a *Aside[K, V]) safeLoadMany(ctx context.Context, ids []K) (vs []*V, err error) {

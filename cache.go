@@ -45,3 +45,21 @@ type MultiGetter interface {
 type Sizer interface {
 	Len() int64
 }
+
+// Leaser is an optional interface that a CacheClient implements to hold
+// leases in its keys, which is what keeps a fill from writing an old value
+// back after an invalidation, across every process that shares the cache.
+// NewRedisCache and NewMemoryCache implement it; without it the service
+// protects fills within its own process only (see the package
+// documentation).
+//
+// SetNX atomically stores val under key for ttl (always positive) if the key
+// is empty and returns nil; otherwise it leaves the key alone and returns
+// what it holds. CompareAndSwap atomically replaces key's value with val,
+// for ttl (no expiry when ttl <= 0), if the key holds exactly old, and
+// reports whether it did; a nil val deletes the key instead. Values are the
+// raw bytes the service stores, as a *json.RawMessage would read them.
+type Leaser interface {
+	SetNX(ctx context.Context, key string, val []byte, ttl time.Duration) (held []byte, err error)
+	CompareAndSwap(ctx context.Context, key string, old, val []byte, ttl time.Duration) (bool, error)
+}

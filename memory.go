@@ -14,6 +14,7 @@ var (
 	_ CacheClient         = (*MemoryCache)(nil)
 	_ MultiGetter         = (*MemoryCache)(nil)
 	_ Sizer               = (*MemoryCache)(nil)
+	_ Leaser              = (*MemoryCache)(nil)
 	_ UserRepository      = (*MemoryRepository)(nil)
 	_ BatchUserRepository = (*MemoryRepository)(nil)
 )
@@ -21,7 +22,8 @@ var (
 // MemoryCache is a CacheClient that keeps JSON-encoded values in process
 // memory with per-entry TTLs, for tests, examples and single-instance
 // programs. Values are stored encoded, so readers never share memory with
-// writers. It also implements MultiGetter and Sizer, and starts no
+// writers. It also implements MultiGetter, Sizer and Leaser (so fills are
+// guarded by leases exactly as with Redis), and starts no
 // goroutine: expired entries are dropped as they are met and swept every
 // 1,024 writes.
 type MemoryCache struct {
@@ -93,6 +95,25 @@ func (m *MemoryCache) GetMulti(ctx context.Context, keys []string) ([]json.RawMe
 		return nil, err
 	}
 	return toRaw(m.c.GetMulti(keys)), nil
+}
+
+// SetNX stores val under key for ttl if the key is empty and returns nil;
+// otherwise it returns what the key holds.
+func (m *MemoryCache) SetNX(ctx context.Context, key string, val []byte, ttl time.Duration) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	held, _ := m.c.SetNX(key, val, ttl)
+	return held, nil
+}
+
+// CompareAndSwap replaces key's value with val for ttl if the key holds
+// exactly old, or deletes it when val is nil, and reports whether it did.
+func (m *MemoryCache) CompareAndSwap(ctx context.Context, key string, old, val []byte, ttl time.Duration) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	return m.c.CompareAndSwap(key, old, val, ttl), nil
 }
 
 // Len reports how many unexpired entries the cache holds.

@@ -46,8 +46,18 @@ type ServiceMetrics struct {
 	// treated as a miss.
 	DecodeErrors int64
 	// StaleFillsSkipped counts fills dropped because a write to the same key
-	// happened while the value was being loaded.
+	// happened while the value was being loaded: the key's generation in
+	// this process moved, or its lease was gone when the fill came.
 	StaleFillsSkipped int64
+	// LeaseWaits counts loads that found another caller's lease on their key
+	// (in this process or another) and waited for its value.
+	LeaseWaits int64
+	// LeaseWaitTimeouts counts loads that waited WithLeaseWait for another
+	// caller's lease and then read the source themselves.
+	LeaseWaitTimeouts int64
+	// Rejoins counts reads that joined a shared load too late to be sure
+	// its result included every earlier write, and looked again.
+	Rejoins int64
 
 	// HitRate is CacheHits / TotalRequests, from 0 to 1.
 	HitRate float64
@@ -76,6 +86,8 @@ type counters struct {
 	loads, loadNanos                atomic.Int64
 	cacheErrs, writeErrs, invalErrs atomic.Int64
 	dbErrs, decodeErrs, staleFills  atomic.Int64
+	leaseWaits, leaseTimeouts       atomic.Int64
+	rejoins                         atomic.Int64
 	ema                             atomic.Int64 // nanoseconds
 	hist                            latency.Histogram
 }
@@ -114,6 +126,9 @@ func (c *counters) snapshot(size int64) ServiceMetrics {
 		DatabaseErrors:          c.dbErrs.Load(),
 		DecodeErrors:            c.decodeErrs.Load(),
 		StaleFillsSkipped:       c.staleFills.Load(),
+		LeaseWaits:              c.leaseWaits.Load(),
+		LeaseWaitTimeouts:       c.leaseTimeouts.Load(),
+		Rejoins:                 c.rejoins.Load(),
 		AvgResponseTime:         time.Duration(c.ema.Load()),
 		P50ResponseTime:         c.hist.Quantile(0.50),
 		P99ResponseTime:         c.hist.Quantile(0.99),

@@ -18,6 +18,12 @@ const (
 	// DefaultBatchConcurrency bounds the concurrent cache lookups and loads
 	// of one GetUsersBatch call.
 	DefaultBatchConcurrency = 16
+	// DefaultLeaseTTL is how long a lease placed on a missing key lives if
+	// its holder never fills or releases it (it crashed, say).
+	DefaultLeaseTTL = 5 * time.Second
+	// DefaultLeaseWait bounds how long a load waits for another caller's
+	// lease to turn into a value before it reads the source itself.
+	DefaultLeaseWait = DefaultLeaseTTL
 )
 
 // An Option configures a UserService or an Aside. Options that make no sense
@@ -30,6 +36,8 @@ type options struct {
 	jitter      float64
 	loadTimeout time.Duration
 	batchConc   int
+	leaseTTL    time.Duration
+	leaseWait   time.Duration
 	logger      *slog.Logger
 	related     func(id int) []string
 }
@@ -41,6 +49,8 @@ func defaultOptions(ttl time.Duration) options {
 		jitter:      DefaultJitter,
 		loadTimeout: DefaultLoadTimeout,
 		batchConc:   DefaultBatchConcurrency,
+		leaseTTL:    DefaultLeaseTTL,
+		leaseWait:   DefaultLeaseWait,
 		logger:      slog.New(slog.DiscardHandler),
 		related:     defaultRelatedKeys,
 	}
@@ -96,6 +106,33 @@ func WithBatchConcurrency(n int) Option {
 	return func(o *options) {
 		if n >= 1 {
 			o.batchConc = n
+		}
+	}
+}
+
+// WithLeaseTTL sets how long a lease lives when its holder neither fills
+// nor releases it, which is how long a key can stay blocked after a loader
+// dies. Keep it above the time a load normally takes: a lease that expires
+// under a slow load lets another caller load too, and the slow load's fill
+// is then dropped. Values of zero or less are ignored. It only matters with
+// a cache that implements Leaser.
+func WithLeaseTTL(d time.Duration) Option {
+	return func(o *options) {
+		if d > 0 {
+			o.leaseTTL = d
+		}
+	}
+}
+
+// WithLeaseWait bounds how long a load waits for another caller's lease on
+// the same key to turn into a value. After it, the load reads the source
+// itself and returns what it read without filling the cache. Zero makes
+// loads never wait (each reads the source at once, still without filling);
+// negative values are ignored.
+func WithLeaseWait(d time.Duration) Option {
+	return func(o *options) {
+		if d >= 0 {
+			o.leaseWait = d
 		}
 	}
 }

@@ -14,14 +14,18 @@ import (
 var (
 	_ CacheClient = (*RedisCache)(nil)
 	_ MultiGetter = (*RedisCache)(nil)
+	_ Leaser      = (*RedisCache)(nil)
 )
 
 // RedisCache is a CacheClient over go-redis v9. It works with a plain
 // client, a cluster client and a failover (sentinel) client alike: every
 // command touches one key, and multi-key deletes and reads are pipelines
 // that go-redis splits by slot, so nothing fails with CROSSSLOT. It also
-// implements MultiGetter (MGET on a single node). Values are stored as plain
-// JSON, so other programs can read them.
+// implements MultiGetter (MGET on a single node) and Leaser (two Lua
+// scripts, each on one key), and offers a distributed lock (AcquireLock).
+// Values are stored as plain JSON, so other programs can read them; a key
+// being loaded holds a lease, a JSON string that starts with a NUL
+// character.
 //
 // RedisCache holds no state beyond its configuration; closing the client is
 // the caller's business.
@@ -119,4 +123,32 @@ func (r *RedisCache) GetMulti(ctx context.Context, keys []string) ([]json.RawMes
 		return nil, fmt.Errorf("cacheaside: redis multi-get: %w", err)
 	}
 	return toRaw(bs), nil
+}
+
+// SetNX stores val under key for ttl if the key is empty and returns nil;
+// otherwise it returns what the key holds. It is one script run (SET NX GET
+// PX, which Redis before 7.0 refuses as a single command).
+func (r *RedisCache) SetNX(ctx context.Context, key string, val []byte, ttl time.Duration) ([]byte, error) {
+	if err := r.ready(); err != nil {
+		return nil, err
+	}
+	held, _, err := r.c.SetNX(ctx, key, val, ttl)
+	if err != nil {
+		return nil, fmt.Errorf("cacheaside: redis lease %s: %w", key, err)
+	}
+	return held, nil
+}
+
+// CompareAndSwap replaces key's value with val for ttl if the key holds
+// exactly old, or deletes it when val is nil, and reports whether it did.
+// It is one script run.
+func (r *RedisCache) CompareAndSwap(ctx context.Context, key string, old, val []byte, ttl time.Duration) (bool, error) {
+	if err := r.ready(); err != nil {
+		return false, err
+	}
+	ok, err := r.c.CompareAndSwap(ctx, key, old, val, ttl)
+	if err != nil {
+		return false, fmt.Errorf("cacheaside: redis compare-and-swap %s: %w", key, err)
+	}
+	return ok, nil
 }

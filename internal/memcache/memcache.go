@@ -80,10 +80,7 @@ func (c *Cache) GetMulti(keys []string) [][]byte {
 // never expires.
 func (c *Cache) Set(key string, b []byte, ttl time.Duration) {
 	now := c.now()
-	e := entry{b: clone(b)}
-	if ttl > 0 {
-		e.exp = now.Add(ttl)
-	}
+	e := newEntry(b, ttl, now)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.m[key] = e
@@ -142,4 +139,45 @@ func (e entry) expired(now time.Time) bool {
 
 func clone(b []byte) []byte {
 	return append([]byte(nil), b...)
+}
+
+// SetNX stores a copy of b under key for ttl if key holds nothing (or only
+// an expired entry) and returns nil and true. Otherwise it leaves the entry
+// alone and returns a copy of what key holds and false.
+func (c *Cache) SetNX(key string, b []byte, ttl time.Duration) ([]byte, bool) {
+	now := c.now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.m[key]; ok && !e.expired(now) {
+		return clone(e.b), false
+	}
+	c.m[key] = newEntry(b, ttl, now)
+	return nil, true
+}
+
+// CompareAndSwap replaces the value under key with a copy of b, for ttl, if
+// key holds exactly old and is unexpired, and reports whether it did. A nil
+// b deletes the entry instead.
+func (c *Cache) CompareAndSwap(key string, old, b []byte, ttl time.Duration) bool {
+	now := c.now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.m[key]
+	if !ok || e.expired(now) || string(e.b) != string(old) {
+		return false
+	}
+	if b == nil {
+		delete(c.m, key)
+		return true
+	}
+	c.m[key] = newEntry(b, ttl, now)
+	return true
+}
+
+func newEntry(b []byte, ttl time.Duration, now time.Time) entry {
+	e := entry{b: clone(b)}
+	if ttl > 0 {
+		e.exp = now.Add(ttl)
+	}
+	return e
 }

@@ -75,3 +75,47 @@ func TestCache_SweepDropsExpired(t *testing.T) {
 		t.Fatalf("entries after sweep = %d, want 1", n)
 	}
 }
+
+func TestCache_SetNXAndCompareAndSwap(t *testing.T) {
+	clk := &clock{t: time.Unix(1000, 0)}
+	c := New(clk.now)
+	if old, ok := c.SetNX("k", []byte("lease1"), time.Second); !ok || old != nil {
+		t.Fatalf("SetNX on empty key = %q, %v, want nil, true", old, ok)
+	}
+	if old, ok := c.SetNX("k", []byte("lease2"), time.Second); ok || string(old) != "lease1" {
+		t.Fatalf("SetNX on held key = %q, %v, want lease1, false", old, ok)
+	}
+	if c.CompareAndSwap("k", []byte("lease2"), []byte("v2"), time.Minute) {
+		t.Fatal("CompareAndSwap with a foreign lease succeeded")
+	}
+	if !c.CompareAndSwap("k", []byte("lease1"), []byte("v1"), time.Minute) {
+		t.Fatal("CompareAndSwap with the holder's lease failed")
+	}
+	if got, _ := c.Get("k"); string(got) != "v1" {
+		t.Fatalf("after the swap Get = %q, want v1", got)
+	}
+	if d, _ := c.TTL("k"); d != time.Minute {
+		t.Fatalf("TTL after the swap = %v, want the fill's 1m", d)
+	}
+	// A lease that expired is gone: the next SetNX takes the key over and
+	// the old holder's swap fails.
+	c.Delete("k")
+	c.SetNX("k", []byte("lease3"), time.Second)
+	clk.t = clk.t.Add(time.Second)
+	if _, ok := c.SetNX("k", []byte("lease4"), time.Second); !ok {
+		t.Fatal("SetNX over an expired lease failed")
+	}
+	if c.CompareAndSwap("k", []byte("lease3"), []byte("old"), time.Minute) {
+		t.Fatal("CompareAndSwap by an expired holder succeeded")
+	}
+	// A nil value releases.
+	if !c.CompareAndSwap("k", []byte("lease4"), nil, 0) {
+		t.Fatal("release by the holder failed")
+	}
+	if _, ok := c.Get("k"); ok {
+		t.Fatal("key still present after release")
+	}
+	if c.CompareAndSwap("missing", nil, []byte("x"), 0) {
+		t.Fatal("CompareAndSwap on an absent key succeeded")
+	}
+}

@@ -1,0 +1,67 @@
+package rediscache
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// setNX stores ARGV[1] under KEYS[1] for ARGV[2] milliseconds if the key is
+// empty and returns false; otherwise it returns what the key holds. It is
+// SET NX GET PX, written as a script so that it also runs on Redis before
+// 7.0, which refuses NX and GET together.
+var setNX = redis.NewScript(`
+local v = redis.call('GET', KEYS[1])
+if v then return v end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false`)
+
+// compareAndSwap replaces KEYS[1]'s value with ARGV[2] (for ARGV[3]
+// milliseconds, none when 0) if it is exactly ARGV[1], or deletes it when
+// ARGV[4] is "del". It returns 1 when it changed the key.
+var compareAndSwap = redis.NewScript(`
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[4] == 'del' then
+  redis.call('DEL', KEYS[1])
+elseif tonumber(ARGV[3]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+else
+  redis.call('SET', KEYS[1], ARGV[2])
+end
+return 1`)
+
+// SetNX stores b under key for ttl if key is empty and returns nil and
+// true; otherwise it returns what key holds and false. One round trip.
+func (c *Cache) SetNX(ctx context.Context, key string, b []byte, ttl time.Duration) ([]byte, bool, error) {
+	v, err := setNX.Run(ctx, c.c, []string{c.prefix + key}, b, ms(ttl)).Text()
+	if errors.Is(err, redis.Nil) {
+		return nil, true, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	return []byte(v), false, nil
+}
+
+// CompareAndSwap replaces key's value with b, for ttl (none when ttl <= 0),
+// if key holds exactly old, and reports whether it did. A nil b deletes the
+// key instead. One round trip.
+func (c *Cache) CompareAndSwap(ctx context.Context, key string, old, b []byte, ttl time.Duration) (bool, error) {
+	mode := "set"
+	if b == nil {
+		mode = "del"
+	}
+	n, err := compareAndSwap.Run(ctx, c.c, []string{c.prefix + key}, old, b, ms(ttl), mode).Int()
+	return n == 1, err
+}
+
+// ms renders a TTL in whole milliseconds, at least 1 for a positive ttl and
+// 0 for none.
+func ms(ttl time.Duration) int64 {
+	if ttl <= 0 {
+		return 0
+	}
+	return max(ttl.Milliseconds(), 1)
+}
