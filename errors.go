@@ -34,6 +34,15 @@ var (
 	// before the caller's context ended.
 	ErrLockTimeout = errors.New("cacheaside: lock acquisition timeout")
 
+	// ErrLockNotHeld reports that a DistributedLock is no longer held by the
+	// caller: Release found it expired or owned by someone else, or
+	// DistributedLock.Err reports it lost or released.
+	ErrLockNotHeld = errors.New("cacheaside: lock not held")
+
+	// ErrInvalidArgument reports an argument outside what a function
+	// accepts, such as a lock ttl below 3ms.
+	ErrInvalidArgument = errors.New("cacheaside: invalid argument")
+
 	// ErrDecode reports a cached entry that cannot be decoded into the
 	// destination. The service treats such an entry as a miss and overwrites
 	// it with the next fill.

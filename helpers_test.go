@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -35,6 +36,9 @@ type backend struct {
 	ttl func(key string) time.Duration
 	// advance moves the backend's clock forward; nil when it cannot.
 	advance func(d time.Duration)
+	// fork returns another adapter over the same storage and prefix, with a
+	// client of its own, as another instance of a fleet would have.
+	fork func(t testing.TB) CacheClient
 }
 
 // testClock is a settable clock for the memory cache.
@@ -90,14 +94,55 @@ func uniquePrefix(t testing.TB) string {
 }
 
 // cleanupPrefix deletes every key under prefix from c when the test ends,
-// so tests leave a shared Redis as they found it.
+// so tests leave a shared Redis as they found it. On a cluster it asks
+// every master and deletes key by key.
 func cleanupPrefix(t testing.TB, c redis.UniversalClient, prefix string) {
 	t.Cleanup(func() {
 		ctx := context.Background()
-		if keys, _ := c.Keys(ctx, prefix+"*").Result(); len(keys) > 0 {
-			c.Del(ctx, keys...)
+		clean := func(ctx context.Context, n redis.UniversalClient) error {
+			keys, _ := n.Keys(ctx, prefix+"*").Result()
+			for _, k := range keys {
+				n.Del(ctx, k)
+			}
+			return nil
 		}
+		if cc, ok := c.(*redis.ClusterClient); ok {
+			_ = cc.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error { return clean(ctx, n) })
+			return
+		}
+		_ = clean(ctx, c)
 	})
+}
+
+// clusterAddrs returns the seed nodes of the real Redis Cluster at
+// REDIS_CLUSTER_ADDRS (comma-separated), skipping the test when it is unset
+// (failing in CI).
+func clusterAddrs(t testing.TB) []string {
+	t.Helper()
+	v := os.Getenv("REDIS_CLUSTER_ADDRS")
+	if v == "" {
+		if inCI() {
+			t.Fatal("REDIS_CLUSTER_ADDRS is not set in CI: .ci/run must start a Redis Cluster")
+		}
+		t.Skip("REDIS_CLUSTER_ADDRS not set; skipping the Redis Cluster backend")
+	}
+	return strings.Split(v, ",")
+}
+
+// realCluster returns a new cluster client to the cluster at
+// REDIS_CLUSTER_ADDRS, closed when the test ends.
+func realCluster(t testing.TB) *redis.ClusterClient {
+	t.Helper()
+	c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: clusterAddrs(t)})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := c.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error { return n.Ping(ctx).Err() })
+	if err != nil {
+		c.Close()
+		t.Fatalf("Redis Cluster at REDIS_CLUSTER_ADDRS: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
 }
 
 func memoryBackend(t testing.TB) backend {
@@ -116,6 +161,7 @@ func memoryBackend(t testing.TB) backend {
 			return d
 		},
 		advance: clk.Add,
+		fork:    func(testing.TB) CacheClient { return mc },
 	}
 }
 
@@ -134,6 +180,11 @@ func miniredisBackend(t testing.TB) backend {
 		setRaw:  func(key, val string) { mr.Set("app:"+key, val) },
 		ttl:     func(key string) time.Duration { return mr.TTL("app:" + key) },
 		advance: mr.FastForward,
+		fork: func(t testing.TB) CacheClient {
+			c := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+			t.Cleanup(func() { c.Close() })
+			return NewRedisCache(c, WithKeyPrefix("app:"))
+		},
 	}
 }
 
@@ -155,11 +206,37 @@ func realRedisBackend(t testing.TB) backend {
 			d, _ := c.PTTL(ctx, prefix+key).Result()
 			return d
 		},
+		fork: func(t testing.TB) CacheClient { return NewRedisCache(realRedis(t), WithKeyPrefix(prefix)) },
 	}
 }
 
-// forEachBackend runs fn once per cache adapter: memory, miniredis, and the
-// real redis-server at REDIS_ADDR.
+func clusterBackend(t testing.TB) backend {
+	c := realCluster(t)
+	// Braces in the prefix would pin every key to one slot; this one lets
+	// keys spread over the three masters.
+	prefix := strings.NewReplacer("{", "", "}", "").Replace(uniquePrefix(t))
+	ctx := context.Background()
+	cleanupPrefix(t, c, prefix)
+	return backend{
+		name:   "redis-cluster",
+		cache:  NewRedisCache(c, WithKeyPrefix(prefix)),
+		prefix: prefix,
+		raw: func(key string) (string, bool) {
+			v, err := c.Get(ctx, prefix+key).Result()
+			return v, err == nil
+		},
+		setRaw: func(key, val string) { c.Set(ctx, prefix+key, val, 0) },
+		ttl: func(key string) time.Duration {
+			d, _ := c.PTTL(ctx, prefix+key).Result()
+			return d
+		},
+		fork: func(t testing.TB) CacheClient { return NewRedisCache(realCluster(t), WithKeyPrefix(prefix)) },
+	}
+}
+
+// forEachBackend runs fn once per cache adapter: memory, miniredis, the
+// real redis-server at REDIS_ADDR and the real Redis Cluster at
+// REDIS_CLUSTER_ADDRS.
 func forEachBackend(t *testing.T, fn func(t *testing.T, b backend)) {
 	t.Helper()
 	for _, mk := range []struct {
@@ -169,6 +246,7 @@ func forEachBackend(t *testing.T, fn func(t *testing.T, b backend)) {
 		{"memory", memoryBackend},
 		{"miniredis", miniredisBackend},
 		{"redis-server", realRedisBackend},
+		{"redis-cluster", clusterBackend},
 	} {
 		t.Run(mk.name, func(t *testing.T) {
 			fn(t, mk.new(t))

@@ -1,0 +1,332 @@
+package cacheaside
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// testLeaserContract checks what the service relies on from a Leaser.
+func testLeaserContract(t *testing.T, b backend) {
+	ctx := context.Background()
+	l, ok := b.cache.(Leaser)
+	require.True(t, ok, "%s must implement Leaser", b.name)
+
+	lease1, lease2 := newLease(), newLease()
+	require.NotEqual(t, lease1, lease2, "tokens are per call")
+	held, err := l.SetNX(ctx, "k", lease1, time.Minute)
+	require.NoError(t, err)
+	require.Nil(t, held, "an empty key takes the lease")
+	raw, _ := b.raw("k")
+	require.Equal(t, string(lease1), raw)
+	require.InDelta(t, float64(time.Minute), float64(b.ttl("k")), float64(2*time.Second))
+
+	held, err = l.SetNX(ctx, "k", lease2, time.Minute)
+	require.NoError(t, err)
+	require.Equal(t, lease1, held, "a held key reports its holder and keeps it")
+
+	swapped, err := l.CompareAndSwap(ctx, "k", lease2, []byte(`{"v":2}`), time.Hour)
+	require.NoError(t, err)
+	require.False(t, swapped, "a foreign lease cannot fill")
+	swapped, err = l.CompareAndSwap(ctx, "k", lease1, []byte(`{"v":1}`), time.Hour)
+	require.NoError(t, err)
+	require.True(t, swapped)
+	raw, _ = b.raw("k")
+	require.Equal(t, `{"v":1}`, raw)
+	require.InDelta(t, float64(time.Hour), float64(b.ttl("k")), float64(2*time.Second), "the fill carries its own TTL")
+
+	held, err = l.SetNX(ctx, "k", lease2, time.Minute)
+	require.NoError(t, err)
+	require.Equal(t, `{"v":1}`, string(held), "a filled key answers the lease with its value")
+
+	// An invalidation deletes the lease, and with it the holder's right to
+	// fill.
+	require.NoError(t, b.cache.Delete(ctx, "k"))
+	_, _ = l.SetNX(ctx, "k", lease1, time.Minute)
+	require.NoError(t, b.cache.Delete(ctx, "k"))
+	swapped, err = l.CompareAndSwap(ctx, "k", lease1, []byte(`{"v":0}`), time.Hour)
+	require.NoError(t, err)
+	require.False(t, swapped, "a fill after the invalidation must be a no-op")
+	_, ok = b.raw("k")
+	require.False(t, ok)
+
+	// A nil value releases the holder's own lease only.
+	_, _ = l.SetNX(ctx, "k", lease1, time.Minute)
+	swapped, _ = l.CompareAndSwap(ctx, "k", lease2, nil, 0)
+	require.False(t, swapped)
+	swapped, _ = l.CompareAndSwap(ctx, "k", lease1, nil, 0)
+	require.True(t, swapped)
+	_, ok = b.raw("k")
+	require.False(t, ok)
+}
+
+func TestLeaser_Contract(t *testing.T) {
+	forEachBackend(t, testLeaserContract)
+}
+
+// TestLease_StaleFillAcrossInstances is the cache-aside race across two
+// instances that share one cache: a reader on one holds the old row inside
+// the repository, a writer on the other updates and invalidates, the reader
+// is released and tries its fill. Per-process generations cannot see the
+// writer; the lease can.
+func TestLease_StaleFillAcrossInstances(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		repo := newTestRepo()
+		u := seedUser(t, repo, "old")
+		reader := NewUserService(repo, b.fork(t))
+		writer := NewUserService(repo, b.fork(t))
+		key := userCacheKey(u.ID)
+
+		entered, release := make(chan struct{}), make(chan struct{})
+		var first atomic.Bool
+		repo.setHook(func(context.Context, int) {
+			if first.CompareAndSwap(false, true) {
+				close(entered)
+				<-release
+			}
+		})
+		stale := make(chan *User, 1)
+		go func() {
+			got, err := reader.GetUser(ctx, u.ID)
+			if err != nil {
+				t.Errorf("reader: %v", err)
+			}
+			stale <- got
+		}()
+		<-entered // the reader has the old row in hand
+		raw, ok := b.raw(key)
+		require.True(t, ok)
+		require.True(t, isLease([]byte(raw)), "the reader's lease is in the key: %s", raw)
+
+		require.NoError(t, writer.UpdateUser(ctx, &User{ID: u.ID, Name: "new", Email: u.Email}))
+		close(release)
+		require.Equal(t, "old", (<-stale).Name, "the holder returns what it read to its own caller")
+		require.Equal(t, int64(1), reader.GetMetrics().StaleFillsSkipped, "the reader's fill must be refused")
+		_, ok = b.raw(key)
+		require.False(t, ok, "the old row must not be in the cache")
+
+		third := NewUserService(repo, b.fork(t))
+		for _, svc := range []*UserService{reader, writer, third, reader} {
+			got, err := svc.GetUser(ctx, u.ID)
+			require.NoError(t, err)
+			require.Equal(t, "new", got.Name, "every instance serves the new row")
+		}
+		require.Equal(t, int64(2), repo.gets.Load(), "the first read after the race loads once; the rest hit")
+	})
+}
+
+// TestLease_FleetStampede is 8 instances, each with its own client, and 25
+// goroutines each on one cold key with an 80 ms database: one DB query in
+// all, every caller gets the user.
+func TestLease_FleetStampede(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		repo := newTestRepo()
+		u := seedUser(t, repo, "hot")
+		repo.setHook(func(context.Context, int) { time.Sleep(80 * time.Millisecond) })
+		const instances, perInstance = 8, 25
+		svcs := make([]*UserService, instances)
+		for i := range svcs {
+			svcs[i] = NewUserService(repo, b.fork(t))
+		}
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		var ok, failed atomic.Int64
+		for _, svc := range svcs {
+			for range perInstance {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					<-start
+					got, err := svc.GetUser(ctx, u.ID)
+					if err == nil && got.Name == "hot" {
+						ok.Add(1)
+					} else {
+						failed.Add(1)
+						t.Errorf("GetUser: %v, %v", got, err)
+					}
+				}()
+			}
+		}
+		close(start)
+		wg.Wait()
+		require.Equal(t, int64(instances*perInstance), ok.Load())
+		require.Equal(t, int64(1), repo.gets.Load(), "a fleet-wide stampede must reach the database once")
+		var waits, loads int64
+		for _, svc := range svcs {
+			m := svc.GetMetrics()
+			waits += m.LeaseWaits
+			loads += m.DatabaseLoads
+			require.Zero(t, m.LeaseWaitTimeouts)
+		}
+		require.Equal(t, int64(1), loads)
+		require.GreaterOrEqual(t, waits, int64(1), "the other instances waited on the lease")
+		t.Logf("%d instances x %d goroutines on one cold key: %d DB query, %d instances waited on the lease",
+			instances, perInstance, repo.gets.Load(), waits)
+	})
+}
+
+// TestLease_DeadHolderIsTakenOver places a lease whose holder never comes
+// back: the next reader waits for it to expire, takes the key over, loads
+// and fills.
+func TestLease_DeadHolderIsTakenOver(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		repo := newTestRepo()
+		u := seedUser(t, repo, "lazarus")
+		key := userCacheKey(u.ID)
+		_, err := b.cache.(Leaser).SetNX(ctx, key, newLease(), 150*time.Millisecond)
+		require.NoError(t, err)
+
+		svc := NewUserService(repo, b.fork(t))
+		done := make(chan error, 1)
+		go func() {
+			got, err := svc.GetUser(ctx, u.ID)
+			if err == nil && got.Name != "lazarus" {
+				err = errInjected
+			}
+			done <- err
+		}()
+		// miniredis and the memory cache expire keys on their own clocks.
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+	wait:
+		for {
+			select {
+			case err := <-done:
+				require.NoError(t, err)
+				break wait
+			case <-tick.C:
+				if b.advance != nil {
+					b.advance(20 * time.Millisecond)
+				}
+			}
+		}
+		m := svc.GetMetrics()
+		require.Equal(t, int64(1), m.LeaseWaits)
+		require.Zero(t, m.LeaseWaitTimeouts)
+		require.Equal(t, int64(1), repo.gets.Load())
+		raw, ok := b.raw(key)
+		require.True(t, ok)
+		require.Contains(t, raw, `"name":"lazarus"`, "the reader that took over fills the key")
+	})
+}
+
+// TestLease_WaitBound: a reader that waits out WithLeaseWait reads the
+// database itself and leaves the other caller's lease alone.
+func TestLease_WaitBound(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		repo := newTestRepo()
+		u := seedUser(t, repo, "patient")
+		key := userCacheKey(u.ID)
+		foreign := newLease()
+		_, err := b.cache.(Leaser).SetNX(ctx, key, foreign, time.Minute)
+		require.NoError(t, err)
+
+		svc := NewUserService(repo, b.fork(t), WithLeaseWait(50*time.Millisecond))
+		begin := time.Now()
+		got, err := svc.GetUser(ctx, u.ID)
+		require.NoError(t, err)
+		require.Equal(t, "patient", got.Name)
+		require.GreaterOrEqual(t, time.Since(begin), 50*time.Millisecond)
+		m := svc.GetMetrics()
+		require.Equal(t, int64(1), m.LeaseWaitTimeouts)
+		require.Equal(t, int64(1), repo.gets.Load())
+		raw, _ := b.raw(key)
+		require.Equal(t, string(foreign), raw, "a reader that did not hold the lease must not fill")
+
+		noWait := NewUserService(repo, b.fork(t), WithLeaseWait(0))
+		_, err = noWait.GetUser(ctx, u.ID)
+		require.NoError(t, err)
+		require.Equal(t, int64(1), noWait.GetMetrics().LeaseWaitTimeouts)
+	})
+}
+
+// TestLease_FailedLoadReleases: a holder whose read fails removes its lease
+// at once, so the next reader does not wait for it to expire.
+func TestLease_FailedLoadReleases(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		repo := newTestRepo()
+		u := seedUser(t, repo, "flaky")
+		svc := NewUserService(repo, b.cache)
+		repo.setErr(errInjected)
+		_, err := svc.GetUser(ctx, u.ID)
+		require.ErrorIs(t, err, errInjected)
+		_, ok := b.raw(userCacheKey(u.ID))
+		require.False(t, ok, "the failed holder's lease must be gone")
+
+		repo.setErr(nil)
+		other := NewUserService(repo, b.fork(t), WithLeaseWait(time.Minute))
+		got, err := other.GetUser(ctx, u.ID)
+		require.NoError(t, err)
+		require.Equal(t, "flaky", got.Name)
+		require.Zero(t, other.GetMetrics().LeaseWaits)
+	})
+}
+
+// TestLease_BatchWaitsForForeignLease: a batch read takes leases on its
+// misses, loads the ones it holds with one batch query, and waits for the
+// key another instance is loading instead of querying it too.
+func TestLease_BatchWaitsForForeignLease(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		repo := newTestRepo()
+		a := seedUser(t, repo, "ada")
+		c := seedUser(t, repo, "cy")
+		other := b.cache.(Leaser)
+		foreign := newLease()
+		_, err := other.SetNX(ctx, userCacheKey(c.ID), foreign, time.Minute)
+		require.NoError(t, err)
+		go func() {
+			time.Sleep(50 * time.Millisecond) // the other instance's load
+			_, _ = other.CompareAndSwap(ctx, userCacheKey(c.ID), foreign,
+				[]byte(`{"id":`+strconv.Itoa(c.ID)+`,"name":"cy","email":"cy@example.com"}`), time.Minute)
+		}()
+
+		svc := NewUserService(repo, b.fork(t))
+		got, err := svc.GetUsersBatch(ctx, []int{a.ID, c.ID, 99})
+		require.NoError(t, err)
+		require.Equal(t, "ada", got[0].Name)
+		require.Equal(t, "cy", got[1].Name)
+		require.Nil(t, got[2])
+		require.Equal(t, int64(1), repo.batchGets.Load(), "the leased misses load in one batch")
+		require.Zero(t, repo.gets.Load(), "the foreign-leased key is waited for, not queried")
+		require.Equal(t, int64(1), svc.GetMetrics().LeaseWaits)
+		raw, _ := b.raw(userCacheKey(a.ID))
+		require.Contains(t, raw, `"name":"ada"`)
+		raw, _ = b.raw(userCacheKey(99))
+		require.Equal(t, string(absentMarker), raw)
+	})
+}
+
+// TestLease_LeaseIsNeverServed: a GET that finds a lease treats it as a
+// miss, for single and batch reads alike, and never counts it as a decode
+// error.
+func TestLease_LeaseIsNeverServed(t *testing.T) {
+	b := miniredisBackend(t)
+	ctx := context.Background()
+	repo := newTestRepo()
+	u := seedUser(t, repo, "x")
+	lease := newLease()
+	require.True(t, strings.HasPrefix(string(lease), `"\u0000cacheaside:lease:`))
+	b.setRaw(userCacheKey(u.ID), string(lease))
+	svc := NewUserService(repo, b.cache, WithLeaseWait(0))
+	got, err := svc.GetUser(ctx, u.ID)
+	require.NoError(t, err)
+	require.Equal(t, "x", got.Name)
+	list, err := svc.GetUsersBatch(ctx, []int{u.ID})
+	require.NoError(t, err)
+	require.Equal(t, "x", list[0].Name)
+	m := svc.GetMetrics()
+	require.Zero(t, m.DecodeErrors)
+	require.Zero(t, m.CacheHits)
+}
