@@ -122,7 +122,8 @@ func (a *Aside[K, V]) Key(id K) string { return a.key(id) }
 
 // Get returns the value with the given ID: from the cache when it is there,
 // otherwise from one load shared by every concurrent caller in this process
-// that asks for the same ID (see the package documentation).
+// that asks for the same ID and, through a lease in the cache, by every
+// other process that shares it (see the package documentation).
 //
 // A missing value is reported as ErrNotFound (ErrUserNotFound through a
 // UserService) and cached for the negative TTL. A cache failure is never
@@ -355,90 +356,6 @@ func (a *Aside[K, V]) flight(parent context.Context, id K, key string, s *stripe
 	return f
 }
 
-// leaseLoad places a lease on key and loads, or waits for the holder of
-// another caller's lease to fill the key, polling with backoff. It takes the
-// key over when the other lease ends without a value (its holder failed or
-// died and the lease expired), and after waiting WithLeaseWait it loads
-// without filling.
-func (a *Aside[K, V]) leaseLoad(ctx context.Context, id K, key string, s *stripe, gen uint64, f *flight[V]) {
-	lease := newLease()
-	deadline := time.Now().Add(a.o.leaseWait)
-	backoff := leaseBackoffMin
-	waited := false
-	for {
-		at := time.Now()
-		held, err := a.leaser.SetNX(ctx, key, lease, a.o.leaseTTL)
-		switch {
-		case err != nil && ctx.Err() != nil:
-			f.err = fmt.Errorf("cacheaside: load %s: %w", key, ctx.Err())
-			return
-		case err != nil:
-			a.m.cacheErrs.Add(1)
-			a.log.WarnContext(ctx, "cacheaside: cache error, falling back to the repository", "key", key, "err", err)
-			a.loadInto(ctx, id, key, f, s, gen, fillNone, nil)
-			return
-		case held == nil:
-			a.loadInto(ctx, id, key, f, s, gen, fillSwap, lease)
-			return
-		case !isLease(held):
-			switch v, st := a.decode(ctx, key, held, false); st {
-			case stHit:
-				f.val, f.raw, f.fresh = *v, held, at
-				return
-			case stAbsent:
-				f.err, f.fresh = a.notFound, at
-				return
-			}
-			// Undecodable: load, and replace it if it is still there.
-			a.loadInto(ctx, id, key, f, s, gen, fillSwap, held)
-			return
-		}
-		if !waited {
-			waited = true
-			a.m.leaseWaits.Add(1)
-		}
-		left := time.Until(deadline)
-		if left <= 0 {
-			a.m.leaseTimeouts.Add(1)
-			a.log.WarnContext(ctx, "cacheaside: gave up waiting for another caller's lease; loading without filling", "key", key)
-			a.loadInto(ctx, id, key, f, s, gen, fillNone, nil)
-			return
-		}
-		t := time.NewTimer(min(backoff/2+rand.N(backoff), left))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			f.err = fmt.Errorf("cacheaside: load %s: %w", key, ctx.Err())
-			return
-		case <-t.C:
-		}
-		backoff = min(2*backoff, leaseBackoffMax)
-	}
-}
-
-// How a waiter polls a key that another caller's lease holds: from about
-// leaseBackoffMin between polls, doubling up to leaseBackoffMax, with
-// jitter.
-const (
-	leaseBackoffMin = 4 * time.Millisecond
-	leaseBackoffMax = 64 * time.Millisecond
-)
-
-// leasePrefix starts every lease: a JSON string, like absentMarker, that
-// no value encodes to. The lease goes on with a random token per call.
-const leasePrefix = `"\u0000cacheaside:lease:`
-
-func isLease(b []byte) bool { return bytes.HasPrefix(b, []byte(leasePrefix)) }
-
-// newLease returns a lease with a fresh 128-bit random token.
-func newLease() []byte {
-	b := make([]byte, 0, len(leasePrefix)+33)
-	b = append(b, leasePrefix...)
-	b = strconv.AppendUint(b, rand.Uint64()|1<<63, 16)
-	b = strconv.AppendUint(b, rand.Uint64()|1<<63, 16)
-	return append(b, '"')
-}
-
 // fillMode says how a load stores what it read.
 type fillMode int
 
@@ -453,8 +370,15 @@ const (
 // read fails, a lease in expect is released so that waiters take over at
 // once.
 func (a *Aside[K, V]) loadInto(ctx context.Context, id K, key string, f *flight[V], s *stripe, gen uint64, mode fillMode, expect []byte) {
+	returned := false
+	defer func() {
+		if !returned { // the loader panicked: let waiters take over now
+			a.release(ctx, key, mode, expect)
+		}
+	}()
 	f.fresh = time.Now()
 	v, err := a.load(ctx, id)
+	returned = true
 	a.m.recordLoad(time.Since(f.fresh))
 	switch {
 	case err == nil && v != nil:
@@ -482,26 +406,31 @@ func (a *Aside[K, V]) loadInto(ctx context.Context, id K, key string, f *flight[
 	}
 }
 
-// store writes raw under key as mode says, unless the key's stripe moved
-// past gen (a write in this process since the load began; its delete also
-// removes any lease). A store that lands moves f.fresh up to the moment it
-// was sent: until then, no write can have been acknowledged without
-// removing the lease it swapped out.
+// store writes raw under key as mode says, and on success moves f.fresh up
+// to the moment the write was sent.
+//
+// fillSet writes unless the key's stripe moved past gen: a write in this
+// process since the load began. fillSwap needs no such check: it lands only
+// if the key still holds the lease (or entry) the load expected, which every
+// invalidation since the lease was placed would have deleted, and the lease
+// was placed before the read began. So until the swap was sent, no write can
+// have been acknowledged that the value does not include.
 func (a *Aside[K, V]) store(ctx context.Context, key string, raw json.RawMessage, ttl time.Duration, s *stripe, gen uint64, f *flight[V], mode fillMode, expect []byte) {
-	if mode == fillNone {
-		return
-	}
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if s.gen.Load() != gen {
-		a.m.staleFills.Add(1)
-		return
-	}
-	at := time.Now()
 	var err error
-	if mode == fillSet {
+	at := time.Now()
+	switch mode {
+	case fillNone:
+		return
+	case fillSet:
+		s.mu.RLock()
+		defer s.mu.RUnlock()
+		if s.gen.Load() != gen {
+			a.m.staleFills.Add(1)
+			return
+		}
+		at = time.Now()
 		err = a.cache.SetJSON(ctx, key, raw, a.jitter(ttl))
-	} else {
+	case fillSwap:
 		var ok bool
 		ok, err = a.leaser.CompareAndSwap(ctx, key, expect, raw, a.jitter(ttl))
 		if err == nil && !ok {
@@ -515,19 +444,6 @@ func (a *Aside[K, V]) store(ctx context.Context, key string, raw json.RawMessage
 		return
 	}
 	f.fresh = at
-}
-
-// release removes this load's own lease after a failed read, on a short
-// context of its own, since the load's may have ended.
-func (a *Aside[K, V]) release(ctx context.Context, key string, mode fillMode, expect []byte) {
-	if mode != fillSwap || !isLease(expect) {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-	defer cancel()
-	if _, err := a.leaser.CompareAndSwap(ctx, key, expect, nil, 0); err != nil {
-		a.log.WarnContext(ctx, "cacheaside: lease release failed; it will expire", "key", key, "err", err)
-	}
 }
 
 // jitter takes a random fraction, up to the configured jitter, off ttl.
@@ -566,9 +482,10 @@ func (a *Aside[K, V]) stripeOf(key string) *stripe {
 // Invalidate removes the cached value of id and the given related keys. Call
 // it after every write to the source of truth, once the write is durable.
 //
-// A read that starts after Invalidate returns never joins a load that
-// started before it was called, and a load in flight during the call does
-// not fill the cache (in this process; see the package documentation). The
+// A read that starts after Invalidate returns never sees a value loaded
+// before it was called, and a load in flight during the call, in any
+// process, does not fill the cache (with a cache that implements Leaser;
+// without one, in this process only; see the package documentation). The
 // delete runs on a context detached from ctx's cancellation, bounded by the
 // load timeout, so a caller that goes away after its write still clears the
 // cache. A failed delete is counted and logged and returned.
@@ -598,8 +515,10 @@ func (a *Aside[K, V]) invalidate(ctx context.Context, key string, related []stri
 // GetMany returns the values with the given IDs, aligned with ids, with nil
 // for IDs that have no value. Hits come from one MultiGetter round trip when
 // the cache implements it; misses are loaded once each through the same
-// shared loads as Get, or with one batch read when the source offers one
-// (a batch read is not merged with concurrent single loads).
+// shared loads as Get, or with one batch read when the source offers one.
+// A batch read takes a lease on each key it loads, like a single load, and
+// waits for keys that another load holds a lease on instead of reading them
+// (it is not merged with single loads of this process that hold none yet).
 //
 // The error is nil unless a lookup or load failed for a reason other than
 // "not found"; it then says how many failed and wraps each cause, and the

@@ -143,8 +143,8 @@ func BenchmarkGetUsersBatch(b *testing.B) {
 	})
 }
 
-// BenchmarkGetUserMiss measures the miss path (lookup, shared load, look
-// again, fill) against the bare repository read it wraps. Each iteration
+// BenchmarkGetUserMiss measures the miss path (lookup, lease, load,
+// compare-and-swap fill) against the bare repository read it wraps. Each iteration
 // invalidates the key first, so every GetUser misses.
 func BenchmarkGetUserMiss(b *testing.B) {
 	ctx := context.Background()

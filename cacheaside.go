@@ -43,9 +43,10 @@ func NewUserService(db UserRepository, cache CacheClient, opts ...Option) *UserS
 }
 
 // GetUser returns the user with the given ID, from the cache when it is
-// there. On a miss, one load per ID runs in this process at a time: every
-// concurrent caller waits for it on its own ctx, and the cache is filled
-// before GetUser returns, so the next call is a hit.
+// there. On a miss, one load per ID runs at a time in this process and,
+// with a Leaser cache, in the whole fleet: every concurrent caller waits for
+// it on its own ctx, and the cache is filled before GetUser returns, so the
+// next call is a hit.
 //
 // It returns ErrInvalidUser for an ID of zero or less (without touching the
 // cache or the repository), ErrUserNotFound for an ID no user has, ctx.Err()

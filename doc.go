@@ -1,7 +1,7 @@
 // Package cacheaside puts a cache (usually Redis) beside a database with the
-// cache-aside pattern, and gets the hard parts right: one load per key under
-// concurrency, invalidating writes that no in-flight load can undo, negative
-// caching, and reads that keep working when the cache fails.
+// cache-aside pattern, and gets the hard parts right: one load per key per
+// fleet, invalidating writes that no in-flight load in any process can undo,
+// negative caching, and reads that keep working when the cache fails.
 //
 // Wire a [UserService] to a [UserRepository] (your database) and a
 // [CacheClient] (see [NewRedisCache] and [NewMemoryCache]):
@@ -14,15 +14,45 @@
 // # Read path
 //
 // [UserService.GetUser] reads "user:<id>" from the cache. On a hit it decodes
-// the caller's own copy and returns. On a miss it joins the load of that key
-// already running in this process, or starts one (golang.org/x/sync's
-// singleflight). The load runs on a context detached from the caller's
-// cancellation, bounded by its own timeout ([WithLoadTimeout]); it looks at
-// the cache once more, reads the repository, and writes the value to the
-// cache before any waiter returns, so the next read is a hit. Every waiter
-// waits on its own context: one that gives up returns ctx.Err() at once and
-// the others still get the user. A panic in the repository reaches every
-// waiter as a [*PanicError] and frees the key.
+// the caller's own copy and returns: one GET, nothing more. On a miss it
+// joins the load of that key already running in this process, or starts
+// one (golang.org/x/sync's singleflight). The load runs on a context
+// detached from the caller's cancellation, bounded by its own timeout
+// ([WithLoadTimeout]). Every waiter waits on its own context: one that
+// gives up returns ctx.Err() at once and the others still get the user. A
+// panic in the repository reaches every waiter as a [*PanicError] and frees
+// the key.
+//
+// # Leases: one load per key per fleet, and no stale fill
+//
+// With a cache that implements [Leaser] (both built-in caches do), the load
+// first places a lease in the key itself: a JSON string holding a random
+// token unique to that call, with a short TTL ([WithLeaseTTL]), set only if
+// the key is empty. Only the lease holder reads the repository, and its fill
+// is a compare-and-swap on its own lease. Every write deletes the key and
+// with it any lease, so a reader that loaded a row before a write can no
+// longer write it back: its fill finds the lease gone and does nothing
+// (counted in StaleFillsSkipped). The holder still returns what it read to
+// its own caller, whose read overlapped the write.
+//
+// A load that finds another caller's lease, in this process or any other
+// sharing the cache, waits for the value, polling with backoff, instead of
+// reading the repository too; so a cold key under load costs one repository
+// read per fleet. If the holder fails it releases its lease at once; if it
+// dies, the lease expires and the next caller takes the key over. A load
+// that has waited [WithLeaseWait] reads the repository itself and returns
+// what it read without filling.
+//
+// The guarantee this gives, checked by a randomized checker in the test
+// suite against real Redis and Redis Cluster: no read returns a value older
+// than the newest write acknowledged before the read began. That includes
+// callers that join a shared load in this process after a write in another
+// process was acknowledged: a result is only handed to callers that joined
+// before the instant its freshness is known for (the fill, or the read that
+// found it), and later ones look again.
+//
+// With a CacheClient that does not implement Leaser, fills are plain sets,
+// and the protection described under "Write path" is per process only.
 //
 // A user that does not exist is reported as [ErrUserNotFound] and cached as
 // a small marker for [DefaultNegativeTTL], so a flood of lookups for a
@@ -47,16 +77,29 @@
 // writing the old row back. A failed delete is counted and logged; it does
 // not fail the write, whose data is already durable.
 //
-// Within one process this closes the race in which a slow reader writes a
-// row it read before an update back into the cache. Across processes that
-// share one Redis, the generation lives in each process only, so a reader in
-// another process can still fill an old row between the writer's delete and
-// its own fill; leases in the cache itself close that case.
+// Within one process, this generation also keeps a fill through a cache
+// without leases from writing the old row back. Across processes that share
+// a cache, that is the leases' work (see above).
+//
+// # Distributed lock
+//
+// [RedisCache.AcquireLock] returns a [DistributedLock] for jobs that one
+// instance of a fleet should run at a time, such as warming the cache. It
+// extends itself while held, signals its loss, and carries a fencing token;
+// read its documentation for what a Redis lock can and cannot promise.
+//
+// # Redis Cluster
+//
+// [NewRedisCache] works with a cluster client: every script touches one key
+// (a lock and its fencing counter share a hash tag), and multi-key reads and
+// deletes are pipelines that go-redis splits by slot, so nothing fails with
+// CROSSSLOT.
 //
 // # Concurrency
 //
 // All methods are safe for concurrent use, and there is nothing to close.
-// The service keeps no background goroutine: each shared load runs on a
+// The service keeps no background goroutine (a held DistributedLock keeps
+// one, until Release): each shared load runs on a
 // goroutine of its own (singleflight's DoChan) that ends when the load
 // returns, which [WithLoadTimeout] bounds for a repository that honours its
 // context; batch lookups run on goroutines that end before

@@ -193,3 +193,100 @@ func ExampleUserService_GetMetrics() {
 		m.TotalRequests, m.CacheHits, m.CacheMisses, m.DatabaseLoads, m.HitRate, m.CacheSize)
 	// Output: requests=4 hits=3 misses=1 db loads=1 hit rate=0.75 cache size=1
 }
+
+func ExampleRedisCache_AcquireLock() {
+	mr, err := miniredis.Run()
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer mr.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+	ctx := context.Background()
+	cache := cacheaside.NewRedisCache(rdb, cacheaside.WithKeyPrefix("myapp:"))
+
+	// One instance warms the cache; the others find the lock taken.
+	lock, err := cache.AcquireLock(ctx, "warm-users", 30*time.Second)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Println("warming with fencing token", lock.FencingToken())
+
+	busy, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	defer cancel()
+	_, err = cache.AcquireLock(busy, "warm-users", 30*time.Second)
+	fmt.Println("second instance timed out:", errors.Is(err, cacheaside.ErrLockTimeout))
+
+	fmt.Println("release:", lock.Release(ctx))
+	fmt.Println("release again:", lock.Release(ctx))
+	next, _ := cache.AcquireLock(ctx, "warm-users", 30*time.Second)
+	fmt.Println("next fencing token", next.FencingToken())
+	_ = next.Release(ctx)
+	// Output:
+	// warming with fencing token 1
+	// second instance timed out: true
+	// release: <nil>
+	// release again: <nil>
+	// next fencing token 2
+}
+
+// Two instances of a service share one Redis. A read on the first holds the
+// old row when the second writes; the first one's fill is refused, and both
+// serve the new row.
+func Example_fleet() {
+	mr, err := miniredis.Run()
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer mr.Close()
+	ctx := context.Background()
+	repo := cacheaside.NewMemoryRepository()
+	_ = repo.CreateUser(ctx, &cacheaside.User{Name: "old", Email: "u@example.com"})
+
+	// A repository whose first read is held until the write is done.
+	held, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	slow := heldRepo{MemoryRepository: repo, hook: func() { once.Do(func() { close(held); <-release }) }}
+
+	newInstance := func(r cacheaside.UserRepository) (*cacheaside.UserService, func()) {
+		rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+		return cacheaside.NewUserService(r, cacheaside.NewRedisCache(rdb)), func() { rdb.Close() }
+	}
+	a, closeA := newInstance(slow)
+	defer closeA()
+	b, closeB := newInstance(repo)
+	defer closeB()
+
+	done := make(chan string)
+	go func() {
+		u, _ := a.GetUser(ctx, 1)
+		done <- u.Name
+	}()
+	<-held
+	_ = b.UpdateUser(ctx, &cacheaside.User{ID: 1, Name: "new", Email: "u@example.com"})
+	close(release)
+	fmt.Println("the overlapping read returns", <-done)
+	fmt.Println("stale fills refused:", a.GetMetrics().StaleFillsSkipped)
+	ua, _ := a.GetUser(ctx, 1)
+	ub, _ := b.GetUser(ctx, 1)
+	fmt.Println("instance a serves", ua.Name, "and instance b serves", ub.Name)
+	// Output:
+	// the overlapping read returns old
+	// stale fills refused: 1
+	// instance a serves new and instance b serves new
+}
+
+// heldRepo runs hook after each read, with the row already in hand.
+type heldRepo struct {
+	*cacheaside.MemoryRepository
+	hook func()
+}
+
+func (s heldRepo) GetUser(ctx context.Context, id int) (*cacheaside.User, error) {
+	u, err := s.MemoryRepository.GetUser(ctx, id)
+	s.hook()
+	return u, err
+}

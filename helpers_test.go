@@ -239,6 +239,13 @@ func clusterBackend(t testing.TB) backend {
 // REDIS_CLUSTER_ADDRS.
 func forEachBackend(t *testing.T, fn func(t *testing.T, b backend)) {
 	t.Helper()
+	forEachBackendMaker(t, func(t *testing.T, mk func(testing.TB) backend) { fn(t, mk(t)) })
+}
+
+// forEachBackendMaker is forEachBackend for tests that need more than one
+// independent backend of each kind: mk makes a new one per call.
+func forEachBackendMaker(t *testing.T, fn func(t *testing.T, mk func(testing.TB) backend)) {
+	t.Helper()
 	for _, mk := range []struct {
 		name string
 		new  func(testing.TB) backend
@@ -249,7 +256,7 @@ func forEachBackend(t *testing.T, fn func(t *testing.T, b backend)) {
 		{"redis-cluster", clusterBackend},
 	} {
 		t.Run(mk.name, func(t *testing.T) {
-			fn(t, mk.new(t))
+			fn(t, mk.new)
 		})
 	}
 }

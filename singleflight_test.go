@@ -114,6 +114,8 @@ func TestSingleFlight_PanicReachesEveryWaiter(t *testing.T) {
 			require.Contains(t, string(pe.Stack), "testRepo")
 		}
 		require.Equal(t, int64(1), svc.GetMetrics().DatabaseErrors)
+		_, held := b.raw(userCacheKey(u.ID))
+		require.False(t, held, "a panicking holder's lease must be released")
 
 		// The key is free again.
 		repo.setHook(nil)
