@@ -26,8 +26,9 @@ var (
 	ErrUserExists = errors.New("cacheaside: user already exists")
 
 	// ErrInvalidUser reports bad input: an ID of zero or less, a nil user, an
-	// empty name or a malformed email. It is wrapped with what was wrong, and
-	// the repository is never called.
+	// empty name, a name with invalid UTF-8 or a NUL character, or a
+	// malformed email. It is wrapped with what was wrong, and the repository
+	// is never called.
 	ErrInvalidUser = errors.New("cacheaside: invalid user")
 
 	// ErrLockTimeout reports that a distributed lock could not be acquired

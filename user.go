@@ -91,6 +91,9 @@ func validateUser(u *User, newID bool) error {
 	if !utf8.ValidString(u.Name) {
 		return fmt.Errorf("%w: name is not valid UTF-8", ErrInvalidUser)
 	}
+	if strings.IndexByte(u.Name, 0) >= 0 {
+		return fmt.Errorf("%w: name contains a NUL character, which SQL text columns cannot hold", ErrInvalidUser)
+	}
 	if !validEmail(u.Email) {
 		return fmt.Errorf("%w: malformed email %q", ErrInvalidUser, u.Email)
 	}

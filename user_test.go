@@ -22,6 +22,7 @@ func TestValidateUser(t *testing.T) {
 		{"zero id on update", ok(User{Name: "Ann", Email: "ann@example.com"}), false, ErrInvalidUser},
 		{"negative id", ok(User{ID: -1, Name: "Ann", Email: "ann@example.com"}), true, ErrInvalidUser},
 		{"blank name", ok(User{ID: 1, Name: "\t ", Email: "ann@example.com"}), false, ErrInvalidUser},
+		{"NUL in name", ok(User{ID: 1, Name: "Ann\x00", Email: "ann@example.com"}), false, ErrInvalidUser},
 		{"invalid UTF-8 name", ok(User{ID: 1, Name: "\xc3\x28", Email: "ann@example.com"}), false, ErrInvalidUser},
 		{"no at", ok(User{ID: 1, Name: "Ann", Email: "ann.example.com"}), false, ErrInvalidUser},
 		{"no domain dot", ok(User{ID: 1, Name: "Ann", Email: "ann@localhost"}), false, ErrInvalidUser},
