@@ -102,10 +102,8 @@ func BenchmarkGetUserHitRatio(b *testing.B) {
 	b.ReportMetric(float64(lib)/float64(raw), "ratio")
 }
 
-// BenchmarkGetUsersBatch compares 100 hits read with one GetUsersBatch call
-// against the same 100 hits read with sequential GetUser calls; ns/op is
-// per 100 users.
-func BenchmarkGetUsersBatch(b *testing.B) {
+// batchFixture is a service over Redis with 100 cached users.
+func batchFixture(b *testing.B) (*UserService, []int) {
 	ctx := context.Background()
 	rdb, _ := benchRedis(b)
 	prefix := uniquePrefix(b)
@@ -123,6 +121,15 @@ func BenchmarkGetUsersBatch(b *testing.B) {
 	if _, err := svc.GetUsersBatch(ctx, ids); err != nil {
 		b.Fatal(err)
 	}
+	return svc, ids
+}
+
+// BenchmarkGetUsersBatch compares 100 hits read with one GetUsersBatch call
+// against the same 100 hits read with sequential GetUser calls; ns/op is
+// per 100 users.
+func BenchmarkGetUsersBatch(b *testing.B) {
+	ctx := context.Background()
+	svc, ids := batchFixture(b)
 	b.Run("batch-100", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
@@ -143,24 +150,41 @@ func BenchmarkGetUsersBatch(b *testing.B) {
 	})
 }
 
-// BenchmarkGetUserMiss measures the miss path (lookup, lease, load,
-// compare-and-swap fill) against the bare repository read it wraps. Each iteration
-// invalidates the key first, so every GetUser misses.
+// sqliteBenchRepo is a SQLRepository on an embedded SQLite file holding
+// one user: the realistic bare read the miss path wraps.
+func sqliteBenchRepo(b *testing.B) (*SQLRepository, int) {
+	repo, err := NewSQLRepository(context.Background(), openSQLite(b), SQLite)
+	if err != nil {
+		b.Fatal(err)
+	}
+	u := &User{Name: "Miss User", Email: "miss@example.com"}
+	if err := repo.CreateUser(context.Background(), u); err != nil {
+		b.Fatal(err)
+	}
+	return repo, u.ID
+}
+
+// BenchmarkGetUserMiss measures the miss path (lookup, lease, SQLite read,
+// compare-and-swap fill) against the bare SQLite read it wraps. Each
+// iteration of the cacheaside case invalidates the key first (one DEL, part
+// of its time), so every GetUser misses.
 func BenchmarkGetUserMiss(b *testing.B) {
 	ctx := context.Background()
-	b.Run("repository", func(b *testing.B) {
-		repo := NewMemoryRepository()
-		u := &User{Name: "User", Email: "u@example.com"}
-		_ = repo.CreateUser(ctx, u)
+	b.Run("sqlite-repository", func(b *testing.B) {
+		repo, id := sqliteBenchRepo(b)
 		b.ReportAllocs()
 		for b.Loop() {
-			if _, err := repo.GetUser(ctx, u.ID); err != nil {
+			if _, err := repo.GetUser(ctx, id); err != nil {
 				b.Fatal(err)
 			}
 		}
 	})
 	b.Run("cacheaside", func(b *testing.B) {
-		svc, _, _, id := hitFixture(b)
+		repo, id := sqliteBenchRepo(b)
+		rdb, _ := benchRedis(b)
+		prefix := uniquePrefix(b)
+		cleanupPrefix(b, rdb, prefix)
+		svc := NewUserService(repo, NewRedisCache(rdb, WithKeyPrefix(prefix)))
 		b.ReportAllocs()
 		for b.Loop() {
 			_ = svc.users.invalidate(ctx, userCacheKey(id), nil)
@@ -169,4 +193,63 @@ func BenchmarkGetUserMiss(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkGetUserMissOverhead interleaves a bare SQLite read with a full
+// miss (invalidate, lookup, lease, the same read, fill) and reports what
+// the cache adds to a miss, in microseconds.
+func BenchmarkGetUserMissOverhead(b *testing.B) {
+	ctx := context.Background()
+	repo, id := sqliteBenchRepo(b)
+	rdb, _ := benchRedis(b)
+	prefix := uniquePrefix(b)
+	cleanupPrefix(b, rdb, prefix)
+	svc := NewUserService(repo, NewRedisCache(rdb, WithKeyPrefix(prefix)))
+	var bare, miss time.Duration
+	for b.Loop() {
+		t0 := time.Now()
+		if _, err := repo.GetUser(ctx, id); err != nil {
+			b.Fatal(err)
+		}
+		t1 := time.Now()
+		_ = svc.users.invalidate(ctx, userCacheKey(id), nil)
+		if _, err := svc.GetUser(ctx, id); err != nil {
+			b.Fatal(err)
+		}
+		t2 := time.Now()
+		bare += t1.Sub(t0)
+		miss += t2.Sub(t1)
+	}
+	n := float64(b.N)
+	b.ReportMetric(float64(bare.Microseconds())/n, "bare-read-µs")
+	b.ReportMetric(float64(miss.Microseconds())/n, "miss-µs")
+	b.ReportMetric(float64((miss-bare).Microseconds())/n, "overhead-µs")
+}
+
+// BenchmarkGetUsersBatchRatio interleaves one GetUsersBatch of 100 hits with
+// 100 sequential GetUser hits of the same users and reports how many times
+// cheaper the batch is per user (goal: at least 10).
+func BenchmarkGetUsersBatchRatio(b *testing.B) {
+	ctx := context.Background()
+	svc, ids := batchFixture(b)
+	var batch, seq time.Duration
+	for b.Loop() {
+		t0 := time.Now()
+		if _, err := svc.GetUsersBatch(ctx, ids); err != nil {
+			b.Fatal(err)
+		}
+		t1 := time.Now()
+		for _, id := range ids {
+			if _, err := svc.GetUser(ctx, id); err != nil {
+				b.Fatal(err)
+			}
+		}
+		t2 := time.Now()
+		batch += t1.Sub(t0)
+		seq += t2.Sub(t1)
+	}
+	n := float64(b.N)
+	b.ReportMetric(float64(batch.Microseconds())/n, "batch-µs")
+	b.ReportMetric(float64(seq.Microseconds())/n, "sequential-µs")
+	b.ReportMetric(float64(seq)/float64(batch), "x-cheaper")
 }

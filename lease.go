@@ -84,7 +84,7 @@ func (a *Aside[K, V]) leaseLoad(ctx context.Context, id K, key string, s *stripe
 // leaseBackoffMin between polls, doubling up to leaseBackoffMax, with
 // jitter.
 const (
-	leaseBackoffMin = 4 * time.Millisecond
+	leaseBackoffMin = 1 * time.Millisecond
 	leaseBackoffMax = 64 * time.Millisecond
 )
 

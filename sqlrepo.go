@@ -139,6 +139,9 @@ func NewSQLRepository(ctx context.Context, db *sql.DB, dialect Dialect, opts ...
 // DB returns the database the repository runs on.
 func (r *SQLRepository) DB() *sql.DB { return r.db }
 
+// Dialect returns the dialect the repository speaks.
+func (r *SQLRepository) Dialect() Dialect { return r.dialect }
+
 // Table returns the table the users are stored in.
 func (r *SQLRepository) Table() string { return r.table }
 

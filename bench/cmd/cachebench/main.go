@@ -1,0 +1,375 @@
+// Command cachebench runs one workload against several caching strategies
+// in one invocation, on the same database and Redis, and prints a row per
+// strategy: throughput, read latency percentiles, database queries, hit
+// rate, and stale reads (reads that returned a version older than the
+// newest write acknowledged before the read began).
+//
+// With no flags it runs on embedded defaults: SQLite (modernc.org/sqlite)
+// in a temporary file, and the redis-server at REDIS_ADDR or
+// 127.0.0.1:6379 if one answers, else an in-process miniredis. Point it at
+// real servers with -redis and -postgres.
+//
+//	go run ./cmd/cachebench                                   # zipf, about 40 s
+//	go run ./cmd/cachebench -scenario stampede -plot db.svg
+//	go run ./cmd/cachebench -redis 127.0.0.1:6379 -postgres postgres://... -db-latency 1ms-3ms -json out.json
+package main
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	_ "github.com/jackc/pgx/v5/stdlib"
+	"github.com/redis/go-redis/v9"
+	_ "modernc.org/sqlite"
+
+	"github.com/cacheaside/cacheaside"
+)
+
+func main() {
+	if err := realMain(context.Background(), os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "cachebench:", err)
+		os.Exit(1)
+	}
+}
+
+// scenarioDefaults are what a scenario changes unless a flag says
+// otherwise.
+var scenarioDefaults = map[string]struct {
+	writes, hot float64
+	ttl         time.Duration
+	warmup      time.Duration
+	dbLatency   string
+	about       string
+}{
+	"zipf":      {writes: 0.05, ttl: time.Minute, warmup: time.Second, about: "steady Zipf-skewed reads with 5% writes, after a 1 s warm-up"},
+	"stampede":  {writes: 0, hot: 0.9, ttl: time.Second, warmup: time.Second, dbLatency: "20ms", about: "90% of reads on one hot key whose entry expires every second (TTL 1 s), 20 ms database"},
+	"coldstart": {writes: 0, ttl: time.Hour, about: "an empty cache under full Zipf load from the first request, no writes"},
+}
+
+func realMain(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("cachebench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		scenario    = fs.String("scenario", "zipf", "workload: zipf, stampede or coldstart")
+		redisAddr   = fs.String("redis", "", "Redis address (host:port, or several comma-separated for a cluster); default REDIS_ADDR, then 127.0.0.1:6379 if it answers, else in-process miniredis")
+		pgDSN       = fs.String("postgres", "", "PostgreSQL DSN (pgx); default: SQLite in a temporary file")
+		users       = fs.Int("users", 10_000, "users in the table")
+		zipf        = fs.Float64("zipf", 1.1, "Zipf skew s (> 1; larger is more skewed)")
+		writes      = fs.Float64("writes", -1, "fraction of operations that are writes (default per scenario)")
+		instances   = fs.Int("instances", 4, "service instances, each with its own Redis client")
+		concurrency = fs.Int("concurrency", 32, "concurrent workers, spread over the instances")
+		duration    = fs.Duration("duration", 5*time.Second, "measured time per strategy")
+		ops         = fs.Int64("ops", 0, "measure this many operations per strategy instead of -duration")
+		ttl         = fs.Duration("ttl", 0, "cache TTL (default per scenario)")
+		dbLatency   = fs.String("db-latency", "", "delay added to every database call: 2ms, 1ms-5ms (uniform) or exp:2ms (default per scenario: none, 20ms for stampede)")
+		only        = fs.String("strategies", "", "comma-separated strategies to run (default all: "+strategyNames()+")")
+		jsonOut     = fs.String("json", "", "write the rows as JSON to this file (- for stdout)")
+		plotOut     = fs.String("plot", "", "write an SVG chart of database queries per second over time to this file")
+	)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	def, ok := scenarioDefaults[*scenario]
+	if !ok {
+		return fmt.Errorf("unknown -scenario %q (zipf, stampede, coldstart)", *scenario)
+	}
+	cfg := config{scenario: *scenario, users: *users, zipf: *zipf, writes: def.writes, hot: def.hot,
+		instances: *instances, concurrency: *concurrency, duration: *duration, warmup: def.warmup,
+		ops: *ops, ttl: def.ttl}
+	if *writes >= 0 {
+		cfg.writes = *writes
+	}
+	if *ttl > 0 {
+		cfg.ttl = *ttl
+	}
+	lat := def.dbLatency
+	if *dbLatency != "" {
+		lat = *dbLatency
+	}
+	var err error
+	if cfg.dbLatency, err = parseLatency(lat); err != nil {
+		return err
+	}
+	switch {
+	case cfg.users < 2:
+		return errors.New("-users must be at least 2")
+	case cfg.zipf <= 1:
+		return errors.New("-zipf must be greater than 1")
+	case cfg.writes > 1:
+		return errors.New("-writes must be a fraction between 0 and 1")
+	case cfg.instances < 1 || cfg.concurrency < 1:
+		return errors.New("-instances and -concurrency must be at least 1")
+	case cfg.ops <= 0 && cfg.duration <= 0:
+		return errors.New("-duration must be positive (or give -ops)")
+	}
+	run := strategies
+	if *only != "" {
+		run = nil
+		for _, name := range strings.Split(*only, ",") {
+			s, ok := strategyByName(strings.TrimSpace(name))
+			if !ok {
+				return fmt.Errorf("unknown strategy %q (%s)", name, strategyNames())
+			}
+			run = append(run, s)
+		}
+	}
+
+	newClient, redisDesc, closeRedis, err := openRedis(ctx, *redisAddr)
+	if err != nil {
+		return err
+	}
+	defer closeRedis()
+	repo, dbDesc, closeDB, err := openDB(ctx, *pgDSN)
+	if err != nil {
+		return err
+	}
+	defer closeDB()
+	fmt.Fprintf(stderr, "seeding %d users...\n", cfg.users)
+	if err := seed(ctx, repo, cfg.users); err != nil {
+		return err
+	}
+	counting := newCountingRepo(repo, cfg.dbLatency)
+	w := newWorld(counting, cfg.users)
+
+	fmt.Fprintf(stdout, "cachebench: scenario %s (%s)\n", cfg.scenario, def.about)
+	fmt.Fprintf(stdout, "machine: %s, %d CPUs, %s; %s\n", cpuModel(), runtime.NumCPU(), runtime.Version(), runtime.GOOS+"/"+runtime.GOARCH)
+	fmt.Fprintf(stdout, "redis: %s; database: %s; added database latency: %s\n", redisDesc, dbDesc, cfg.dbLatency)
+	measure := cfg.duration.String()
+	if cfg.ops > 0 {
+		measure = fmt.Sprintf("%d operations", cfg.ops)
+	}
+	fmt.Fprintf(stdout, "users %d, zipf s=%.2f, writes %.0f%%, instances %d, concurrency %d, TTL %s, measured %s per strategy\n\n",
+		cfg.users, cfg.zipf, cfg.writes*100, cfg.instances, cfg.concurrency, cfg.ttl, measure)
+
+	runID := fmt.Sprintf("%x", time.Now().UnixNano())
+	var rows []result
+	for _, s := range run {
+		prefix := "cachebench:" + runID + ":" + s.name + ":"
+		insts, closeInsts := s.build(strategyEnv{repo: counting, newClient: newClient, prefix: prefix, ttl: cfg.ttl, n: cfg.instances})
+		rows = append(rows, runOne(ctx, cfg, w, s.name, insts, stderr))
+		closeInsts()
+		cleanRedis(ctx, newClient, prefix)
+	}
+
+	printTable(stdout, rows)
+	if *jsonOut != "" {
+		b, _ := json.MarshalIndent(rows, "", "  ")
+		b = append(b, '\n')
+		if *jsonOut == "-" {
+			_, _ = stdout.Write(b)
+		} else if err := os.WriteFile(*jsonOut, b, 0o644); err != nil {
+			return err
+		}
+	}
+	if *plotOut != "" {
+		title := fmt.Sprintf("cachebench %s: database queries per second (%d instances, %d workers, db latency %s)",
+			cfg.scenario, cfg.instances, cfg.concurrency, cfg.dbLatency)
+		if err := os.WriteFile(*plotOut, plotSVG(title, rows), 0o644); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "\nchart: %s\n", *plotOut)
+	}
+	return nil
+}
+
+func runOne(ctx context.Context, cfg config, w *world, name string, insts []instance, progress io.Writer) result {
+	fmt.Fprintf(progress, "running %s\n", name)
+	return run(ctx, cfg, w, name, insts, progress)
+}
+
+func strategyNames() string {
+	var names []string
+	for _, s := range strategies {
+		names = append(names, s.name)
+	}
+	return strings.Join(names, ",")
+}
+
+func printTable(w io.Writer, rows []result) {
+	fmt.Fprintf(w, "%-15s %10s %9s %9s %9s %11s %9s %8s %12s\n",
+		"strategy", "ops/s", "p50", "p99", "p99.9", "DB queries", "per 1k", "hit rate", "stale reads")
+	for _, r := range rows {
+		fmt.Fprintf(w, "%-15s %10.0f %9s %9s %9s %11d %9.1f %7.1f%% %12s\n",
+			r.Strategy, r.OpsPerSec, us(r.P50us), us(r.P99us), us(r.P999us),
+			r.DBQueries, r.DBPer1k, r.HitRate*100, fmt.Sprintf("%d (%.2f%%)", r.StaleReads, r.StaleRate*100))
+	}
+	for _, r := range rows {
+		if r.Errors > 0 {
+			fmt.Fprintf(w, "%s: %d operations failed\n", r.Strategy, r.Errors)
+		}
+	}
+}
+
+func us(v float64) string {
+	switch {
+	case v >= 1000:
+		return fmt.Sprintf("%.2fms", v/1000)
+	case v < 10:
+		return fmt.Sprintf("%.1fµs", v)
+	default:
+		return fmt.Sprintf("%.0fµs", v)
+	}
+}
+
+// openRedis returns a factory of clients to one Redis deployment.
+func openRedis(ctx context.Context, addr string) (func() redis.UniversalClient, string, func(), error) {
+	if addr == "" {
+		addr = os.Getenv("REDIS_ADDR")
+	}
+	if addr == "" {
+		probe := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379", DialTimeout: 200 * time.Millisecond, MaxRetries: -1})
+		pctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		if probe.Ping(pctx).Err() == nil {
+			addr = "127.0.0.1:6379"
+		}
+		cancel()
+		probe.Close()
+	}
+	if addr == "" {
+		mr, err := miniredis.Run()
+		if err != nil {
+			return nil, "", nil, err
+		}
+		return func() redis.UniversalClient { return redis.NewClient(&redis.Options{Addr: mr.Addr()}) },
+			"miniredis (in-process)", mr.Close, nil
+	}
+	addrs := strings.Split(addr, ",")
+	newClient := func() redis.UniversalClient {
+		if len(addrs) > 1 {
+			return redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs})
+		}
+		return redis.NewClient(&redis.Options{Addr: addr})
+	}
+	c := newClient()
+	defer c.Close()
+	info, err := c.Info(ctx, "server").Result()
+	if err != nil {
+		return nil, "", nil, fmt.Errorf("redis at %s: %w", addr, err)
+	}
+	ver := "unknown version"
+	for _, line := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "redis_version:"); ok {
+			ver = "redis-server " + v
+		}
+	}
+	return newClient, ver + " at " + addr, func() {}, nil
+}
+
+// openDB opens PostgreSQL at dsn, or SQLite in a temporary file, with a
+// fresh users table.
+func openDB(ctx context.Context, dsn string) (*cacheaside.SQLRepository, string, func(), error) {
+	if dsn == "" {
+		dir, err := os.MkdirTemp("", "cachebench-")
+		if err != nil {
+			return nil, "", nil, err
+		}
+		db, err := sql.Open("sqlite", "file:"+filepath.Join(dir, "users.db")+"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)")
+		if err != nil {
+			return nil, "", nil, err
+		}
+		closeFn := func() { db.Close(); os.RemoveAll(dir) }
+		var ver string
+		_ = db.QueryRowContext(ctx, "SELECT sqlite_version()").Scan(&ver)
+		repo, err := cacheaside.NewSQLRepository(ctx, db, cacheaside.SQLite)
+		if err != nil {
+			closeFn()
+			return nil, "", nil, err
+		}
+		return repo, "SQLite " + ver + " (modernc.org/sqlite, embedded, temporary file)", closeFn, nil
+	}
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	db.SetMaxOpenConns(64)
+	db.SetMaxIdleConns(64)
+	var ver string
+	if err := db.QueryRowContext(ctx, "SHOW server_version").Scan(&ver); err != nil {
+		db.Close()
+		return nil, "", nil, fmt.Errorf("postgres: %w", err)
+	}
+	if _, err := db.ExecContext(ctx, "DROP TABLE IF EXISTS cachebench_users"); err != nil {
+		db.Close()
+		return nil, "", nil, err
+	}
+	repo, err := cacheaside.NewSQLRepository(ctx, db, cacheaside.PostgreSQL, cacheaside.WithTable("cachebench_users"))
+	if err != nil {
+		db.Close()
+		return nil, "", nil, err
+	}
+	return repo, "PostgreSQL " + ver + " (pgx)", func() {
+		_, _ = db.ExecContext(context.Background(), "DROP TABLE IF EXISTS cachebench_users")
+		db.Close()
+	}, nil
+}
+
+// seed inserts users 1..n at version 0 in one transaction.
+func seed(ctx context.Context, repo *cacheaside.SQLRepository, n int) error {
+	tx, err := repo.DB().BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	ph := "(?, ?, ?, ?)"
+	if strings.HasPrefix(repo.Dialect().String(), "postgres") {
+		ph = "($1, $2, $3, $4)"
+	}
+	stmt, err := tx.PrepareContext(ctx, "INSERT INTO "+repo.Table()+" (id, name, email, created_at) VALUES "+ph)
+	if err != nil {
+		return err
+	}
+	defer stmt.Close()
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	var created any = now
+	if repo.Dialect() == cacheaside.SQLite {
+		created = now.UnixMicro()
+	}
+	for id := 1; id <= n; id++ {
+		if _, err := stmt.ExecContext(ctx, id, userName(id, 0), userEmail(id), created); err != nil {
+			return fmt.Errorf("seed user %d: %w", id, err)
+		}
+	}
+	return tx.Commit()
+}
+
+// cleanRedis deletes the keys a strategy left under prefix.
+func cleanRedis(ctx context.Context, newClient func() redis.UniversalClient, prefix string) {
+	c := newClient()
+	defer c.Close()
+	del := func(ctx context.Context, n redis.UniversalClient) error {
+		iter := n.Scan(ctx, 0, prefix+"*", 1000).Iterator()
+		for iter.Next(ctx) {
+			n.Del(ctx, iter.Val())
+		}
+		return nil
+	}
+	if cc, ok := c.(*redis.ClusterClient); ok {
+		_ = cc.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error { return del(ctx, n) })
+		return
+	}
+	_ = del(ctx, c)
+}
+
+func cpuModel() string {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return runtime.GOARCH
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "model name"); ok {
+			return strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+		}
+	}
+	return runtime.GOARCH
+}

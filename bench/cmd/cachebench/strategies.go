@@ -1,0 +1,252 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	gocache "github.com/go-redis/cache/v9"
+	"github.com/redis/go-redis/v9"
+	"github.com/viccon/sturdyc"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/cacheaside/cacheaside"
+)
+
+// instance is one service process of a strategy: it reads and writes users
+// through its own cache client.
+type instance interface {
+	Get(ctx context.Context, id int) (*cacheaside.User, error)
+	Update(ctx context.Context, u *cacheaside.User) error
+}
+
+// strategy builds the instances of one caching approach over one database
+// and one Redis; close releases what they hold.
+type strategy struct {
+	name string
+	desc string
+	// build returns n instances, each with a Redis client of its own made
+	// by newClient, keys under prefix, values cached for ttl.
+	build func(env strategyEnv) ([]instance, func())
+}
+
+type strategyEnv struct {
+	repo      cacheaside.UserRepository
+	newClient func() redis.UniversalClient
+	prefix    string
+	ttl       time.Duration
+	n         int
+}
+
+var strategies = []strategy{
+	{name: "nocache", desc: "every read goes to the database", build: buildNoCache},
+	{name: "seed", desc: "the seed tutorial: async fill, per-process single flight, plain delete", build: buildSeed},
+	{name: "cacheaside", desc: "this library with its defaults", build: buildCacheaside},
+	{name: "go-redis-cache", desc: "github.com/go-redis/cache/v9 Once + Delete, Redis only", build: buildGoRedisCache},
+	{name: "sturdyc", desc: "github.com/viccon/sturdyc GetOrFetch + Delete, in-process per instance", build: buildSturdyc},
+}
+
+func strategyByName(name string) (strategy, bool) {
+	for _, s := range strategies {
+		if s.name == name {
+			return s, true
+		}
+	}
+	return strategy{}, false
+}
+
+// noCache reads and writes the database directly.
+type noCache struct{ repo cacheaside.UserRepository }
+
+func (n noCache) Get(ctx context.Context, id int) (*cacheaside.User, error) {
+	return n.repo.GetUser(ctx, id)
+}
+
+func (n noCache) Update(ctx context.Context, u *cacheaside.User) error {
+	return n.repo.UpdateUser(ctx, u)
+}
+
+func buildNoCache(env strategyEnv) ([]instance, func()) {
+	out := make([]instance, env.n)
+	for i := range out {
+		out[i] = noCache{env.repo}
+	}
+	return out, func() {}
+}
+
+// seedInstance is the seed tutorial's algorithm as written: read the cache;
+// on a miss load once per key in this process (singleflight) and fill the
+// cache from a goroutine; on a write update the database, then delete.
+type seedInstance struct {
+	repo  cacheaside.UserRepository
+	cache cacheaside.CacheClient
+	ttl   time.Duration
+	sf    singleflight.Group
+	fills *sync.WaitGroup
+}
+
+func (s *seedInstance) Get(ctx context.Context, id int) (*cacheaside.User, error) {
+	key := fmt.Sprintf("user:%d", id)
+	var u cacheaside.User
+	if err := s.cache.GetJSON(ctx, key, &u); err == nil {
+		return &u, nil
+	}
+	v, err, _ := s.sf.Do(key, func() (any, error) { return s.repo.GetUser(ctx, id) })
+	if err != nil {
+		return nil, err
+	}
+	u = *v.(*cacheaside.User)
+	s.fills.Add(1)
+	go func() {
+		defer s.fills.Done()
+		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = s.cache.SetJSON(cctx, key, u, s.ttl)
+	}()
+	return &u, nil
+}
+
+func (s *seedInstance) Update(ctx context.Context, u *cacheaside.User) error {
+	if err := s.repo.UpdateUser(ctx, u); err != nil {
+		return err
+	}
+	_ = s.cache.Delete(ctx, fmt.Sprintf("user:%d", u.ID))
+	return nil
+}
+
+func buildSeed(env strategyEnv) ([]instance, func()) {
+	var fills sync.WaitGroup
+	var clients []redis.UniversalClient
+	out := make([]instance, env.n)
+	for i := range out {
+		c := env.newClient()
+		clients = append(clients, c)
+		out[i] = &seedInstance{repo: env.repo, ttl: env.ttl, fills: &fills,
+			cache: cacheaside.NewRedisCache(c, cacheaside.WithKeyPrefix(env.prefix))}
+	}
+	return out, func() {
+		fills.Wait()
+		closeAll(clients)
+	}
+}
+
+// libInstance is this library with its defaults (and the run's TTL).
+type libInstance struct{ svc *cacheaside.UserService }
+
+func (l libInstance) Get(ctx context.Context, id int) (*cacheaside.User, error) {
+	return l.svc.GetUser(ctx, id)
+}
+
+func (l libInstance) Update(ctx context.Context, u *cacheaside.User) error {
+	return l.svc.UpdateUser(ctx, u)
+}
+
+func buildCacheaside(env strategyEnv) ([]instance, func()) {
+	var clients []redis.UniversalClient
+	out := make([]instance, env.n)
+	for i := range out {
+		c := env.newClient()
+		clients = append(clients, c)
+		out[i] = libInstance{cacheaside.NewUserService(env.repo,
+			cacheaside.NewRedisCache(c, cacheaside.WithKeyPrefix(env.prefix)),
+			cacheaside.WithTTL(env.ttl))}
+	}
+	return out, func() { closeAll(clients) }
+}
+
+// goRedisCache is github.com/go-redis/cache/v9 as its README shows it, with
+// Redis only (a local TinyLFU in front would make other instances' reads
+// staler still): Once loads a miss under a per-process singleflight and
+// sets it; a write updates the database and deletes the key.
+type goRedisCache struct {
+	repo   cacheaside.UserRepository
+	c      *gocache.Cache
+	prefix string
+	ttl    time.Duration
+}
+
+func (g goRedisCache) Get(ctx context.Context, id int) (*cacheaside.User, error) {
+	var u cacheaside.User
+	err := g.c.Once(&gocache.Item{
+		Ctx:   ctx,
+		Key:   fmt.Sprintf("%suser:%d", g.prefix, id),
+		Value: &u,
+		TTL:   g.ttl,
+		Do:    func(*gocache.Item) (any, error) { return g.repo.GetUser(ctx, id) },
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &u, nil
+}
+
+func (g goRedisCache) Update(ctx context.Context, u *cacheaside.User) error {
+	if err := g.repo.UpdateUser(ctx, u); err != nil {
+		return err
+	}
+	_ = g.c.Delete(ctx, fmt.Sprintf("%suser:%d", g.prefix, u.ID))
+	return nil
+}
+
+func buildGoRedisCache(env strategyEnv) ([]instance, func()) {
+	var clients []redis.UniversalClient
+	out := make([]instance, env.n)
+	for i := range out {
+		c := env.newClient()
+		clients = append(clients, c)
+		out[i] = goRedisCache{repo: env.repo, prefix: env.prefix, ttl: env.ttl,
+			c: gocache.New(&gocache.Options{Redis: c})}
+	}
+	return out, func() { closeAll(clients) }
+}
+
+// sturdyInstance is github.com/viccon/sturdyc: an in-process cache per
+// instance with per-key in-flight tracking; a write updates the database
+// and deletes the key from the writing instance's cache (the others keep
+// theirs until it expires: that is what an in-process cache does).
+type sturdyInstance struct {
+	repo cacheaside.UserRepository
+	c    *sturdyc.Client[cacheaside.User]
+}
+
+func (s sturdyInstance) Get(ctx context.Context, id int) (*cacheaside.User, error) {
+	u, err := s.c.GetOrFetch(ctx, fmt.Sprintf("user:%d", id), func(ctx context.Context) (cacheaside.User, error) {
+		u, err := s.repo.GetUser(ctx, id)
+		if errors.Is(err, cacheaside.ErrUserNotFound) {
+			return cacheaside.User{}, sturdyc.ErrNotFound
+		}
+		if err != nil {
+			return cacheaside.User{}, err
+		}
+		return *u, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &u, nil
+}
+
+func (s sturdyInstance) Update(ctx context.Context, u *cacheaside.User) error {
+	if err := s.repo.UpdateUser(ctx, u); err != nil {
+		return err
+	}
+	s.c.Delete(fmt.Sprintf("user:%d", u.ID))
+	return nil
+}
+
+func buildSturdyc(env strategyEnv) ([]instance, func()) {
+	out := make([]instance, env.n)
+	for i := range out {
+		out[i] = sturdyInstance{repo: env.repo,
+			c: sturdyc.New[cacheaside.User](1_000_000, 16, env.ttl, 10, sturdyc.WithNoContinuousEvictions())}
+	}
+	return out, func() {}
+}
+
+func closeAll(cs []redis.UniversalClient) {
+	for _, c := range cs {
+		c.Close()
+	}
+}
