@@ -29,6 +29,7 @@ func (a *Aside[K, V]) leaseLoad(ctx context.Context, id K, key string, s *stripe
 	deadline := time.Now().Add(a.o.leaseWait)
 	backoff := leaseBackoffMin
 	waited := false
+	var seen []byte // the foreign lease the backoff has grown on
 	for {
 		at := time.Now()
 		held, err := a.leaser.SetNX(ctx, key, lease, a.o.leaseTTL)
@@ -57,6 +58,11 @@ func (a *Aside[K, V]) leaseLoad(ctx context.Context, id K, key string, s *stripe
 			a.loadInto(ctx, id, key, f, s, gen, fillSwap, held)
 			return
 		}
+		if !bytes.Equal(held, seen) {
+			// A new holder: the key made progress (a fill, or a delete that
+			// beat it), so poll at the start of the backoff again.
+			seen, backoff = held, leaseBackoffMin
+		}
 		if !waited {
 			waited = true
 			a.m.leaseWaits.Add(1)
@@ -76,16 +82,16 @@ func (a *Aside[K, V]) leaseLoad(ctx context.Context, id K, key string, s *stripe
 			return
 		case <-t.C:
 		}
-		backoff = min(2*backoff, leaseBackoffMax)
+		backoff = min(backoff*3/2, leaseBackoffMax)
 	}
 }
 
 // How a waiter polls a key that another caller's lease holds: from about
-// leaseBackoffMin between polls, doubling up to leaseBackoffMax, with
-// jitter.
+// leaseBackoffMin between polls, growing by half up to leaseBackoffMax, with
+// jitter, and from leaseBackoffMin again whenever the holder changes.
 const (
-	leaseBackoffMin = 1 * time.Millisecond
-	leaseBackoffMax = 64 * time.Millisecond
+	leaseBackoffMin = 500 * time.Microsecond
+	leaseBackoffMax = 8 * time.Millisecond
 )
 
 // leasePrefix starts every lease: a JSON string, like absentMarker, that

@@ -53,7 +53,7 @@ var scenarioDefaults = map[string]struct {
 	about       string
 }{
 	"zipf":      {writes: 0.05, ttl: time.Minute, warmup: time.Second, about: "steady Zipf-skewed reads with 5% writes, after a 1 s warm-up"},
-	"stampede":  {writes: 0, hot: 0.9, ttl: time.Second, warmup: time.Second, dbLatency: "20ms", about: "90% of reads on one hot key whose entry expires every second (TTL 1 s), 20 ms database"},
+	"stampede":  {writes: 0, hot: 1, ttl: time.Second, warmup: time.Second, dbLatency: "20ms", about: "every read on one hot key whose entry expires every second (TTL 1 s), 20 ms database"},
 	"coldstart": {writes: 0, ttl: time.Hour, about: "an empty cache under full Zipf load from the first request, no writes"},
 }
 
@@ -154,15 +154,22 @@ func realMain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 	runID := fmt.Sprintf("%x", time.Now().UnixNano())
 	var rows []result
+	var notes []string
 	for _, s := range run {
 		prefix := "cachebench:" + runID + ":" + s.name + ":"
 		insts, closeInsts := s.build(strategyEnv{repo: counting, newClient: newClient, prefix: prefix, ttl: cfg.ttl, n: cfg.instances})
 		rows = append(rows, runOne(ctx, cfg, w, s.name, insts, stderr))
+		if m := libMetrics(insts); m != "" {
+			notes = append(notes, s.name+" (its own metrics, warm-up included): "+m)
+		}
 		closeInsts()
 		cleanRedis(ctx, newClient, prefix)
 	}
 
 	printTable(stdout, rows)
+	for _, n := range notes {
+		fmt.Fprintln(stdout, n)
+	}
 	if *jsonOut != "" {
 		b, _ := json.MarshalIndent(rows, "", "  ")
 		b = append(b, '\n')
@@ -200,7 +207,7 @@ func printTable(w io.Writer, rows []result) {
 	fmt.Fprintf(w, "%-15s %10s %9s %9s %9s %11s %9s %8s %12s\n",
 		"strategy", "ops/s", "p50", "p99", "p99.9", "DB queries", "per 1k", "hit rate", "stale reads")
 	for _, r := range rows {
-		fmt.Fprintf(w, "%-15s %10.0f %9s %9s %9s %11d %9.1f %7.1f%% %12s\n",
+		fmt.Fprintf(w, "%-15s %10.0f %9s %9s %9s %11d %9.2f %7.1f%% %12s\n",
 			r.Strategy, r.OpsPerSec, us(r.P50us), us(r.P99us), us(r.P999us),
 			r.DBQueries, r.DBPer1k, r.HitRate*100, fmt.Sprintf("%d (%.2f%%)", r.StaleReads, r.StaleRate*100))
 	}

@@ -143,6 +143,32 @@ func (l libInstance) Update(ctx context.Context, u *cacheaside.User) error {
 	return l.svc.UpdateUser(ctx, u)
 }
 
+// libMetrics sums the library's own counters over a strategy's instances,
+// or returns "" for other strategies.
+func libMetrics(insts []instance) string {
+	var m cacheaside.ServiceMetrics
+	found := false
+	for _, in := range insts {
+		l, ok := in.(libInstance)
+		if !ok {
+			continue
+		}
+		found = true
+		x := l.svc.GetMetrics()
+		m.LeaseWaits += x.LeaseWaits
+		m.LeaseWaitTimeouts += x.LeaseWaitTimeouts
+		m.Rejoins += x.Rejoins
+		m.StaleFillsSkipped += x.StaleFillsSkipped
+		m.SharedLoads += x.SharedLoads
+		m.DatabaseLoads += x.DatabaseLoads
+	}
+	if !found {
+		return ""
+	}
+	return fmt.Sprintf("database loads %d, shared loads %d, lease waits %d, lease wait timeouts %d, rejoins %d, stale fills refused %d",
+		m.DatabaseLoads, m.SharedLoads, m.LeaseWaits, m.LeaseWaitTimeouts, m.Rejoins, m.StaleFillsSkipped)
+}
+
 func buildCacheaside(env strategyEnv) ([]instance, func()) {
 	var clients []redis.UniversalClient
 	out := make([]instance, env.n)
