@@ -292,7 +292,7 @@ func (r *countingRepo) count(read bool) {
 func (r *countingRepo) timeline(d time.Duration) []float64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	n := min(int((d+bucket-1)/bucket), len(r.buckets))
+	n := min(int(d/bucket), len(r.buckets)) // whole buckets only
 	out := make([]float64, n)
 	for i := range out {
 		out[i] = float64(r.buckets[i].Load()) * float64(time.Second/bucket)
