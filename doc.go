@@ -88,6 +88,13 @@
 // extends itself while held, signals its loss, and carries a fencing token;
 // read its documentation for what a Redis lock can and cannot promise.
 //
+// # Repositories
+//
+// [NewSQLRepository] is a [UserRepository] and [BatchUserRepository] over
+// database/sql for PostgreSQL and SQLite; the package imports no driver, so
+// bring your own (pgx's stdlib, modernc.org/sqlite). [NewMemoryRepository]
+// keeps users in memory, for tests and examples.
+//
 // # Redis Cluster
 //
 // [NewRedisCache] works with a cluster client: every script touches one key

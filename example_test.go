@@ -2,14 +2,18 @@ package cacheaside_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
+	_ "modernc.org/sqlite"
 
 	"github.com/cacheaside/cacheaside"
 )
@@ -289,4 +293,38 @@ func (s heldRepo) GetUser(ctx context.Context, id int) (*cacheaside.User, error)
 	u, err := s.MemoryRepository.GetUser(ctx, id)
 	s.hook()
 	return u, err
+}
+
+func ExampleNewSQLRepository() {
+	ctx := context.Background()
+	// Any database/sql driver: here the pure-Go SQLite (import _
+	// "modernc.org/sqlite"); for PostgreSQL, pgx's stdlib ("pgx") with
+	// cacheaside.PostgreSQL.
+	dir, _ := os.MkdirTemp("", "example")
+	defer os.RemoveAll(dir)
+	db, err := sql.Open("sqlite", filepath.Join(dir, "users.db"))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer db.Close()
+	repo, err := cacheaside.NewSQLRepository(ctx, db, cacheaside.SQLite) // creates the users table
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	svc := cacheaside.NewUserService(repo, cacheaside.NewMemoryCache())
+
+	u := &cacheaside.User{Name: "O'Brien; --", Email: "ob@example.com"}
+	_ = svc.CreateUser(ctx, u) // the database assigns the ID
+	got, _ := svc.GetUser(ctx, u.ID)
+	fmt.Println(got.ID, got.Name)
+	users, _ := svc.GetUsersBatch(ctx, []int{u.ID, 99}) // misses: one IN (...) query
+	fmt.Println(users[0].Name, users[1] == nil)
+	_, err = svc.GetUser(ctx, 99)
+	fmt.Println(errors.Is(err, cacheaside.ErrUserNotFound))
+	// Output:
+	// 1 O'Brien; --
+	// O'Brien; -- true
+	// true
 }
