@@ -330,3 +330,62 @@ func TestLease_LeaseIsNeverServed(t *testing.T) {
 	require.Zero(t, m.DecodeErrors)
 	require.Zero(t, m.CacheHits)
 }
+
+// TestLease_SlowHolderLosesItsLease: a holder slower than the lease TTL
+// loses the key to the next reader, which loads and fills; the slow
+// holder's fill is refused and it still answers its own caller.
+func TestLease_SlowHolderLosesItsLease(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		repo := newTestRepo()
+		u := seedUser(t, repo, "tortoise")
+		key := userCacheKey(u.ID)
+		entered, release := make(chan struct{}), make(chan struct{})
+		var first atomic.Bool
+		repo.setHook(func(context.Context, int) {
+			if first.CompareAndSwap(false, true) {
+				close(entered)
+				<-release
+			}
+		})
+		slow := NewUserService(repo, b.fork(t), WithLeaseTTL(100*time.Millisecond))
+		fast := NewUserService(repo, b.fork(t))
+
+		slowDone := make(chan error, 1)
+		go func() {
+			got, err := slow.GetUser(ctx, u.ID)
+			if err == nil && got.Name != "tortoise" {
+				err = errInjected
+			}
+			slowDone <- err
+		}()
+		<-entered
+		fastDone := make(chan error, 1)
+		go func() {
+			_, err := fast.GetUser(ctx, u.ID)
+			fastDone <- err
+		}()
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+	wait: // until the lease expires and the fast reader takes the key over
+		for {
+			select {
+			case err := <-fastDone:
+				require.NoError(t, err)
+				break wait
+			case <-tick.C:
+				if b.advance != nil {
+					b.advance(20 * time.Millisecond)
+				}
+			}
+		}
+		close(release)
+		require.NoError(t, <-slowDone)
+		require.Equal(t, int64(1), slow.GetMetrics().StaleFillsSkipped, "the slow holder's fill must be refused")
+		require.Equal(t, int64(1), fast.GetMetrics().LeaseWaits)
+		require.Equal(t, int64(2), repo.gets.Load())
+		raw, ok := b.raw(key)
+		require.True(t, ok)
+		require.Contains(t, raw, `"name":"tortoise"`, "the reader that took over filled the key")
+	})
+}
