@@ -100,7 +100,8 @@ const leasePrefix = `"\u0000cacheaside:lease:`
 
 func isLease(b []byte) bool { return bytes.HasPrefix(b, []byte(leasePrefix)) }
 
-// newLease returns a lease with a fresh 128-bit random token.
+// newLease returns a lease with a fresh random token of 126 bits, from
+// math/rand/v2's ChaCha8 source: tokens need to be unique, not secret.
 func newLease() []byte {
 	b := make([]byte, 0, len(leasePrefix)+33)
 	b = append(b, leasePrefix...)
