@@ -63,17 +63,26 @@ func (c *testClock) Add(d time.Duration) {
 // failure rather than a skip.
 func inCI() bool { return os.Getenv("CI") == "true" }
 
+// serverEnv returns the environment variable that points the tests at a
+// real server (what), skipping the test when it is unset, and failing it in
+// CI, where .ci/run must have started the server.
+func serverEnv(t testing.TB, name, what string) string {
+	t.Helper()
+	v := os.Getenv(name)
+	if v == "" {
+		if inCI() {
+			t.Fatalf("%s is not set in CI: .ci/run must start %s", name, what)
+		}
+		t.Skipf("%s not set; skipping the tests against %s", name, what)
+	}
+	return v
+}
+
 // realRedis returns a client to the redis-server at REDIS_ADDR, skipping the
 // test when it is unset (failing in CI).
 func realRedis(t testing.TB) *redis.Client {
 	t.Helper()
-	addr := os.Getenv("REDIS_ADDR")
-	if addr == "" {
-		if inCI() {
-			t.Fatal("REDIS_ADDR is not set in CI: .ci/run must start redis-server")
-		}
-		t.Skip("REDIS_ADDR not set; skipping the real redis-server backend")
-	}
+	addr := serverEnv(t, "REDIS_ADDR", "redis-server")
 	c := redis.NewClient(&redis.Options{Addr: addr})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
@@ -119,14 +128,7 @@ func cleanupPrefix(t testing.TB, c redis.UniversalClient, prefix string) {
 // (failing in CI).
 func clusterAddrs(t testing.TB) []string {
 	t.Helper()
-	v := os.Getenv("REDIS_CLUSTER_ADDRS")
-	if v == "" {
-		if inCI() {
-			t.Fatal("REDIS_CLUSTER_ADDRS is not set in CI: .ci/run must start a Redis Cluster")
-		}
-		t.Skip("REDIS_CLUSTER_ADDRS not set; skipping the Redis Cluster backend")
-	}
-	return strings.Split(v, ",")
+	return strings.Split(serverEnv(t, "REDIS_CLUSTER_ADDRS", "a Redis Cluster"), ",")
 }
 
 // realCluster returns a new cluster client to the cluster at
@@ -189,36 +191,25 @@ func miniredisBackend(t testing.TB) backend {
 }
 
 func realRedisBackend(t testing.TB) backend {
-	c := realRedis(t)
-	prefix := uniquePrefix(t)
-	ctx := context.Background()
-	cleanupPrefix(t, c, prefix)
-	return backend{
-		name:   "redis-server",
-		cache:  NewRedisCache(c, WithKeyPrefix(prefix)),
-		prefix: prefix,
-		raw: func(key string) (string, bool) {
-			v, err := c.Get(ctx, prefix+key).Result()
-			return v, err == nil
-		},
-		setRaw: func(key, val string) { c.Set(ctx, prefix+key, val, 0) },
-		ttl: func(key string) time.Duration {
-			d, _ := c.PTTL(ctx, prefix+key).Result()
-			return d
-		},
-		fork: func(t testing.TB) CacheClient { return NewRedisCache(realRedis(t), WithKeyPrefix(prefix)) },
-	}
+	return serverBackend(t, "redis-server", realRedis(t), uniquePrefix(t),
+		func(t testing.TB) redis.UniversalClient { return realRedis(t) })
 }
 
 func clusterBackend(t testing.TB) backend {
-	c := realCluster(t)
 	// Braces in the prefix would pin every key to one slot; this one lets
 	// keys spread over the three masters.
 	prefix := strings.NewReplacer("{", "", "}", "").Replace(uniquePrefix(t))
+	return serverBackend(t, "redis-cluster", realCluster(t), prefix,
+		func(t testing.TB) redis.UniversalClient { return realCluster(t) })
+}
+
+// serverBackend is a backend on a real Redis deployment reached through c,
+// with its keys under prefix; newClient gives each fork a client of its own.
+func serverBackend(t testing.TB, name string, c redis.UniversalClient, prefix string, newClient func(testing.TB) redis.UniversalClient) backend {
 	ctx := context.Background()
 	cleanupPrefix(t, c, prefix)
 	return backend{
-		name:   "redis-cluster",
+		name:   name,
 		cache:  NewRedisCache(c, WithKeyPrefix(prefix)),
 		prefix: prefix,
 		raw: func(key string) (string, bool) {
@@ -230,7 +221,7 @@ func clusterBackend(t testing.TB) backend {
 			d, _ := c.PTTL(ctx, prefix+key).Result()
 			return d
 		},
-		fork: func(t testing.TB) CacheClient { return NewRedisCache(realCluster(t), WithKeyPrefix(prefix)) },
+		fork: func(t testing.TB) CacheClient { return NewRedisCache(newClient(t), WithKeyPrefix(prefix)) },
 	}
 }
 

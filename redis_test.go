@@ -82,13 +82,7 @@ func TestRedisCache_UniversalClients(t *testing.T) {
 // finds the master through a real redis-sentinel (REDIS_SENTINEL_ADDR, with
 // the master named in REDIS_SENTINEL_MASTER, "mymaster" by default).
 func TestRedisCache_Sentinel(t *testing.T) {
-	addr := os.Getenv("REDIS_SENTINEL_ADDR")
-	if addr == "" {
-		if inCI() {
-			t.Fatal("REDIS_SENTINEL_ADDR is not set in CI: .ci/run must start redis-sentinel")
-		}
-		t.Skip("REDIS_SENTINEL_ADDR not set; skipping the sentinel client")
-	}
+	addr := serverEnv(t, "REDIS_SENTINEL_ADDR", "redis-sentinel")
 	master := os.Getenv("REDIS_SENTINEL_MASTER")
 	if master == "" {
 		master = "mymaster"

@@ -3,7 +3,6 @@ package cacheaside
 import (
 	"context"
 	"database/sql"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -35,13 +34,7 @@ func openSQLite(t testing.TB) *sql.DB {
 // it is unset (failing in CI).
 func openPostgres(t testing.TB) *sql.DB {
 	t.Helper()
-	dsn := os.Getenv("POSTGRES_DSN")
-	if dsn == "" {
-		if inCI() {
-			t.Fatal("POSTGRES_DSN is not set in CI: .ci/run must start PostgreSQL")
-		}
-		t.Skip("POSTGRES_DSN not set; skipping the PostgreSQL backend")
-	}
+	dsn := serverEnv(t, "POSTGRES_DSN", "PostgreSQL")
 	db, err := sql.Open("pgx", dsn)
 	require.NoError(t, err)
 	t.Cleanup(func() { db.Close() })
