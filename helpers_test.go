@@ -322,6 +322,38 @@ func (r *testRepo) DeleteUser(ctx context.Context, id int) error {
 	return r.MemoryRepository.DeleteUser(ctx, id)
 }
 
+// holdFirstRead makes the first read of repo, once it holds the row, close
+// entered and wait for release to be closed; later reads pass through.
+func holdFirstRead(repo *testRepo) (entered, release chan struct{}) {
+	entered, release = make(chan struct{}), make(chan struct{})
+	var first atomic.Bool
+	repo.setHook(func(context.Context, int) {
+		if first.CompareAndSwap(false, true) {
+			close(entered)
+			<-release
+		}
+	})
+	return entered, release
+}
+
+// awaitAdvancing waits for done and returns what it delivers, moving the
+// backend's clock forward meanwhile: miniredis and the memory cache expire
+// keys only on their own clocks.
+func awaitAdvancing(b backend, done <-chan error) error {
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-done:
+			return err
+		case <-tick.C:
+			if b.advance != nil {
+				b.advance(20 * time.Millisecond)
+			}
+		}
+	}
+}
+
 // singleRepo hides the batch method of a testRepo.
 type singleRepo struct{ r *testRepo }
 

@@ -84,14 +84,7 @@ func TestLease_StaleFillAcrossInstances(t *testing.T) {
 		writer := NewUserService(repo, b.fork(t))
 		key := userCacheKey(u.ID)
 
-		entered, release := make(chan struct{}), make(chan struct{})
-		var first atomic.Bool
-		repo.setHook(func(context.Context, int) {
-			if first.CompareAndSwap(false, true) {
-				close(entered)
-				<-release
-			}
-		})
+		entered, release := holdFirstRead(repo)
 		stale := make(chan *User, 1)
 		go func() {
 			got, err := reader.GetUser(ctx, u.ID)
@@ -194,21 +187,7 @@ func TestLease_DeadHolderIsTakenOver(t *testing.T) {
 			}
 			done <- err
 		}()
-		// miniredis and the memory cache expire keys on their own clocks.
-		tick := time.NewTicker(20 * time.Millisecond)
-		defer tick.Stop()
-	wait:
-		for {
-			select {
-			case err := <-done:
-				require.NoError(t, err)
-				break wait
-			case <-tick.C:
-				if b.advance != nil {
-					b.advance(20 * time.Millisecond)
-				}
-			}
-		}
+		require.NoError(t, awaitAdvancing(b, done))
 		m := svc.GetMetrics()
 		require.Equal(t, int64(1), m.LeaseWaits)
 		require.Zero(t, m.LeaseWaitTimeouts)
@@ -340,14 +319,7 @@ func TestLease_SlowHolderLosesItsLease(t *testing.T) {
 		repo := newTestRepo()
 		u := seedUser(t, repo, "tortoise")
 		key := userCacheKey(u.ID)
-		entered, release := make(chan struct{}), make(chan struct{})
-		var first atomic.Bool
-		repo.setHook(func(context.Context, int) {
-			if first.CompareAndSwap(false, true) {
-				close(entered)
-				<-release
-			}
-		})
+		entered, release := holdFirstRead(repo)
 		slow := NewUserService(repo, b.fork(t), WithLeaseTTL(100*time.Millisecond))
 		fast := NewUserService(repo, b.fork(t))
 
@@ -365,20 +337,8 @@ func TestLease_SlowHolderLosesItsLease(t *testing.T) {
 			_, err := fast.GetUser(ctx, u.ID)
 			fastDone <- err
 		}()
-		tick := time.NewTicker(10 * time.Millisecond)
-		defer tick.Stop()
-	wait: // until the lease expires and the fast reader takes the key over
-		for {
-			select {
-			case err := <-fastDone:
-				require.NoError(t, err)
-				break wait
-			case <-tick.C:
-				if b.advance != nil {
-					b.advance(20 * time.Millisecond)
-				}
-			}
-		}
+		// Until the lease expires and the fast reader takes the key over.
+		require.NoError(t, awaitAdvancing(b, fastDone))
 		close(release)
 		require.NoError(t, <-slowDone)
 		require.Equal(t, int64(1), slow.GetMetrics().StaleFillsSkipped, "the slow holder's fill must be refused")

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -146,15 +145,7 @@ func TestSingleFlight_ReadAfterWrite(t *testing.T) {
 		u := seedUser(t, repo, "old")
 		svc := NewUserService(repo, b.cache)
 
-		entered := make(chan struct{})
-		release := make(chan struct{})
-		var first atomic.Bool
-		repo.setHook(func(context.Context, int) {
-			if first.CompareAndSwap(false, true) { // hold only the first, stale reader
-				close(entered)
-				<-release
-			}
-		})
+		entered, release := holdFirstRead(repo) // hold only the first, stale reader
 		stale := make(chan *User, 1)
 		go func() {
 			got, err := svc.GetUser(ctx, u.ID)
