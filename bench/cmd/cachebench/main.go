@@ -113,15 +113,15 @@ func realMain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	case cfg.ops <= 0 && cfg.duration <= 0:
 		return errors.New("-duration must be positive (or give -ops)")
 	}
-	run := strategies
+	selected := strategies
 	if *only != "" {
-		run = nil
+		selected = nil
 		for _, name := range strings.Split(*only, ",") {
 			s, ok := strategyByName(strings.TrimSpace(name))
 			if !ok {
 				return fmt.Errorf("unknown strategy %q (%s)", name, strategyNames())
 			}
-			run = append(run, s)
+			selected = append(selected, s)
 		}
 	}
 
@@ -155,10 +155,11 @@ func realMain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	runID := fmt.Sprintf("%x", time.Now().UnixNano())
 	var rows []result
 	var notes []string
-	for _, s := range run {
+	for _, s := range selected {
 		prefix := "cachebench:" + runID + ":" + s.name + ":"
 		insts, closeInsts := s.build(strategyEnv{repo: counting, newClient: newClient, prefix: prefix, ttl: cfg.ttl, n: cfg.instances})
-		rows = append(rows, runOne(ctx, cfg, w, s.name, insts, stderr))
+		fmt.Fprintf(stderr, "running %s\n", s.name)
+		rows = append(rows, run(ctx, cfg, w, s.name, insts, stderr))
 		if m := libMetrics(insts); m != "" {
 			notes = append(notes, s.name+" (its own metrics, warm-up included): "+m)
 		}
@@ -188,11 +189,6 @@ func realMain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintf(stdout, "\nchart: %s\n", *plotOut)
 	}
 	return nil
-}
-
-func runOne(ctx context.Context, cfg config, w *world, name string, insts []instance, progress io.Writer) result {
-	fmt.Fprintf(progress, "running %s\n", name)
-	return run(ctx, cfg, w, name, insts, progress)
 }
 
 func strategyNames() string {

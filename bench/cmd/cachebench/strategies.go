@@ -118,17 +118,13 @@ func (s *seedInstance) Update(ctx context.Context, u *cacheaside.User) error {
 
 func buildSeed(env strategyEnv) ([]instance, func()) {
 	var fills sync.WaitGroup
-	var clients []redis.UniversalClient
-	out := make([]instance, env.n)
-	for i := range out {
-		c := env.newClient()
-		clients = append(clients, c)
-		out[i] = &seedInstance{repo: env.repo, ttl: env.ttl, fills: &fills,
+	insts, closeClients := perClient(env, func(c redis.UniversalClient) instance {
+		return &seedInstance{repo: env.repo, ttl: env.ttl, fills: &fills,
 			cache: cacheaside.NewRedisCache(c, cacheaside.WithKeyPrefix(env.prefix))}
-	}
-	return out, func() {
+	})
+	return insts, func() {
 		fills.Wait()
-		closeAll(clients)
+		closeClients()
 	}
 }
 
@@ -170,16 +166,11 @@ func libMetrics(insts []instance) string {
 }
 
 func buildCacheaside(env strategyEnv) ([]instance, func()) {
-	var clients []redis.UniversalClient
-	out := make([]instance, env.n)
-	for i := range out {
-		c := env.newClient()
-		clients = append(clients, c)
-		out[i] = libInstance{cacheaside.NewUserService(env.repo,
+	return perClient(env, func(c redis.UniversalClient) instance {
+		return libInstance{cacheaside.NewUserService(env.repo,
 			cacheaside.NewRedisCache(c, cacheaside.WithKeyPrefix(env.prefix)),
 			cacheaside.WithTTL(env.ttl))}
-	}
-	return out, func() { closeAll(clients) }
+	})
 }
 
 // goRedisCache is github.com/go-redis/cache/v9 as its README shows it, with
@@ -217,15 +208,10 @@ func (g goRedisCache) Update(ctx context.Context, u *cacheaside.User) error {
 }
 
 func buildGoRedisCache(env strategyEnv) ([]instance, func()) {
-	var clients []redis.UniversalClient
-	out := make([]instance, env.n)
-	for i := range out {
-		c := env.newClient()
-		clients = append(clients, c)
-		out[i] = goRedisCache{repo: env.repo, prefix: env.prefix, ttl: env.ttl,
+	return perClient(env, func(c redis.UniversalClient) instance {
+		return goRedisCache{repo: env.repo, prefix: env.prefix, ttl: env.ttl,
 			c: gocache.New(&gocache.Options{Redis: c})}
-	}
-	return out, func() { closeAll(clients) }
+	})
 }
 
 // sturdyInstance is github.com/viccon/sturdyc: an in-process cache per
@@ -271,8 +257,18 @@ func buildSturdyc(env strategyEnv) ([]instance, func()) {
 	return out, func() {}
 }
 
-func closeAll(cs []redis.UniversalClient) {
-	for _, c := range cs {
-		c.Close()
+// perClient builds env.n instances with mk, each over a Redis client of
+// its own, and returns them with a function that closes the clients.
+func perClient(env strategyEnv, mk func(c redis.UniversalClient) instance) ([]instance, func()) {
+	clients := make([]redis.UniversalClient, env.n)
+	insts := make([]instance, env.n)
+	for i := range insts {
+		clients[i] = env.newClient()
+		insts[i] = mk(clients[i])
+	}
+	return insts, func() {
+		for _, c := range clients {
+			c.Close()
+		}
 	}
 }
