@@ -39,6 +39,8 @@ type backend struct {
 	// fork returns another adapter over the same storage and prefix, with a
 	// client of its own, as another instance of a fleet would have.
 	fork func(t testing.TB) CacheClient
+	// client reaches the Redis behind the adapter; nil for the memory cache.
+	client redis.UniversalClient
 }
 
 // testClock is a settable clock for the memory cache.
@@ -173,6 +175,7 @@ func miniredisBackend(t testing.TB) backend {
 	t.Cleanup(func() { c.Close() })
 	return backend{
 		name:   "miniredis",
+		client: c,
 		cache:  NewRedisCache(c, WithKeyPrefix("app:")),
 		prefix: "app:",
 		raw: func(key string) (string, bool) {
@@ -210,6 +213,7 @@ func serverBackend(t testing.TB, name string, c redis.UniversalClient, prefix st
 	cleanupPrefix(t, c, prefix)
 	return backend{
 		name:   name,
+		client: c,
 		cache:  NewRedisCache(c, WithKeyPrefix(prefix)),
 		prefix: prefix,
 		raw: func(key string) (string, bool) {

@@ -25,32 +25,14 @@ type lockBackend struct {
 	prefix   string
 }
 
+// forEachLockBackend runs fn on every Redis backend of forEachBackend.
 func forEachLockBackend(t *testing.T, fn func(t *testing.T, lb lockBackend)) {
-	t.Run("miniredis", func(t *testing.T) {
-		mr := miniredis.RunT(t)
-		raw := redis.NewClient(&redis.Options{Addr: mr.Addr()})
-		t.Cleanup(func() { raw.Close() })
-		fn(t, lockBackend{name: "miniredis", raw: raw, prefix: "app:", newCache: func(t testing.TB) *RedisCache {
-			c := redis.NewClient(&redis.Options{Addr: mr.Addr()})
-			t.Cleanup(func() { c.Close() })
-			return NewRedisCache(c, WithKeyPrefix("app:"))
-		}})
-	})
-	t.Run("redis-server", func(t *testing.T) {
-		raw := realRedis(t)
-		prefix := uniquePrefix(t)
-		cleanupPrefix(t, raw, prefix)
-		fn(t, lockBackend{name: "redis-server", realTime: true, raw: raw, prefix: prefix, newCache: func(t testing.TB) *RedisCache {
-			return NewRedisCache(realRedis(t), WithKeyPrefix(prefix))
-		}})
-	})
-	t.Run("redis-cluster", func(t *testing.T) {
-		raw := realCluster(t)
-		prefix := uniquePrefix(t)
-		cleanupPrefix(t, raw, prefix)
-		fn(t, lockBackend{name: "redis-cluster", realTime: true, raw: raw, prefix: prefix, newCache: func(t testing.TB) *RedisCache {
-			return NewRedisCache(realCluster(t), WithKeyPrefix(prefix))
-		}})
+	forEachBackend(t, func(t *testing.T, b backend) {
+		if b.client == nil {
+			t.Skip("the lock is a Redis feature")
+		}
+		fn(t, lockBackend{name: b.name, realTime: b.advance == nil, raw: b.client, prefix: b.prefix,
+			newCache: func(t testing.TB) *RedisCache { return b.fork(t).(*RedisCache) }})
 	})
 }
 
