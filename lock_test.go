@@ -16,7 +16,6 @@ import (
 // lockBackend gives each test instance a RedisCache with a client of its
 // own over one Redis, and a raw client to tamper with it.
 type lockBackend struct {
-	name string
 	// realTime is false for miniredis, whose keys expire only when the test
 	// moves its clock.
 	realTime bool
@@ -31,7 +30,7 @@ func forEachLockBackend(t *testing.T, fn func(t *testing.T, lb lockBackend)) {
 		if b.client == nil {
 			t.Skip("the lock is a Redis feature")
 		}
-		fn(t, lockBackend{name: b.name, realTime: b.advance == nil, raw: b.client, prefix: b.prefix,
+		fn(t, lockBackend{realTime: b.advance == nil, raw: b.client, prefix: b.prefix,
 			newCache: func(t testing.TB) *RedisCache { return b.fork(t).(*RedisCache) }})
 	})
 }
