@@ -1,14 +1,19 @@
 package cacheaside
 
 import (
+	"bytes"
 	"context"
-	"errors"
 	"fmt"
+	"log/slog"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
+
+// productTTL is how long products are cached in these tests.
+const productTTL = 30 * time.Minute
 
 type product struct {
 	SKU   string            `json:"sku"`
@@ -37,7 +42,7 @@ func TestAside_GenericEntity(t *testing.T) {
 		var loads atomic.Int64
 		catalog := map[string]product{"tea-1": {SKU: "tea-1", Price: 300, Attrs: map[string]string{"color": "red"}}}
 		fc := newFaultCache(b.cache)
-		a := NewAside(fc, "product", productLoader(catalog, &loads), WithTTL(ProductCacheTTL), WithJitter(0))
+		a := NewAside(fc, "product", productLoader(catalog, &loads), WithTTL(productTTL), WithJitter(0))
 		require.Equal(t, "product:tea-1", a.Key("tea-1"))
 
 		p, err := a.Get(ctx, "tea-1")
@@ -48,7 +53,7 @@ func TestAside_GenericEntity(t *testing.T) {
 		require.Equal(t, "red", p2.Attrs["color"])
 		require.Equal(t, int64(1), loads.Load())
 		ttl, _ := fc.ttlOf("product:tea-1")
-		require.Equal(t, ProductCacheTTL, ttl)
+		require.Equal(t, productTTL, ttl)
 
 		_, err = a.Get(ctx, "nope")
 		require.ErrorIs(t, err, ErrNotFound)
@@ -110,10 +115,34 @@ func TestAside_FormatID(t *testing.T) {
 	}
 }
 
-func TestAside_BatchLoaderMiscount(t *testing.T) {
-	a := newAside(NewMemoryCache(), func(id int) string { return fmt.Sprint(id) },
-		func(context.Context, int) (*User, error) { return nil, errors.New("unused") }, ErrUserNotFound, defaultOptions(UserCacheTTL))
-	a.loadMany = func(context.Context, []int) ([]*User, error) { return []*User{{ID: 1}}, nil } // one short
-	_, err := a.GetMany(context.Background(), []int{1, 2})
-	require.ErrorContains(t, err, "batch loader returned 1 values for 2 ids")
+func TestUserService_CacheFailureFallsBackToDB(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		repo := newTestRepo()
+		u := seedUser(t, repo, "frank")
+		fc := newFaultCache(b.cache)
+		var logs bytes.Buffer
+		svc := NewUserService(repo, fc, WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+
+		fc.failGet.Store(true)
+		fc.failSet.Store(true)
+		for range 3 {
+			got, err := svc.GetUser(ctx, u.ID)
+			require.NoError(t, err, "a cache failure must never fail a read")
+			require.Equal(t, "frank", got.Name)
+		}
+		m := svc.GetMetrics()
+		require.Equal(t, int64(3), repo.gets.Load())
+		require.GreaterOrEqual(t, m.CacheErrors, int64(3))
+		require.Equal(t, int64(3), m.CacheWriteErrors)
+		require.Contains(t, logs.String(), "falling back to the repository")
+
+		fc.failDel.Store(true)
+		fc.failGet.Store(false)
+		fc.failSet.Store(false)
+		u.Name = "frank2"
+		require.NoError(t, svc.UpdateUser(ctx, u), "a failed invalidation must not fail the write")
+		require.Equal(t, int64(1), svc.GetMetrics().CacheInvalidationErrors)
+		require.Contains(t, logs.String(), "invalidation failed")
+	})
 }

@@ -63,3 +63,11 @@ type Leaser interface {
 	SetNX(ctx context.Context, key string, val []byte, ttl time.Duration) (held []byte, err error)
 	CompareAndSwap(ctx context.Context, key string, old, val []byte, ttl time.Duration) (bool, error)
 }
+
+// noCache is the cache of a service built with a nil CacheClient: every
+// read misses and every write succeeds.
+type noCache struct{}
+
+func (noCache) GetJSON(context.Context, string, any) error                { return ErrCacheMiss }
+func (noCache) SetJSON(context.Context, string, any, time.Duration) error { return nil }
+func (noCache) Delete(context.Context, ...string) error                   { return nil }

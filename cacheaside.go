@@ -3,14 +3,18 @@ package cacheaside
 import (
 	"context"
 	"fmt"
+	"strconv"
 )
 
 // UserService serves users from a cache in front of a UserRepository with
 // the cache-aside pattern: reads try the cache, load misses once per key and
 // fill the cache before returning; writes go to the repository first and
-// then invalidate the user's keys. It is safe for concurrent use and keeps
-// no background goroutine, so it needs no Close: the goroutine that runs a
-// shared load ends with the load, which WithLoadTimeout bounds.
+// then invalidate the user's keys. It is a thin client of an Aside: it
+// validates input, names the keys, and passes the rest through.
+//
+// It is safe for concurrent use and keeps no background goroutine, so it
+// needs no Close: the goroutine that runs a shared load ends with the load,
+// which WithLoadTimeout bounds.
 type UserService struct {
 	db      UserRepository
 	users   *Aside[int, User]
@@ -22,24 +26,25 @@ type UserService struct {
 // caches "not found" for DefaultNegativeTTL, bounds each shared load by
 // DefaultLoadTimeout and logs nothing.
 //
-// db is checked once for BatchUserRepository and cache for MultiGetter and
-// Sizer. A nil cache caches nothing (every read goes to db); with a nil db
-// every method returns an error wrapping ErrNotConfigured.
-func NewUserService(db UserRepository, cache CacheClient, opts ...Option) *UserService {
-	o := defaultOptions(UserCacheTTL)
+// db is checked once for BatchUserRepository and cache for MultiGetter,
+// Leaser and Sizer. A nil cache caches nothing (every read goes to db); with
+// a nil db every method returns an error wrapping ErrNotConfigured. Options
+// with a bad value panic (see Option).
+func NewUserService(db UserRepository, cache CacheClient, opts ...UserOption) *UserService {
+	uo := userOptions{options: defaultOptions(UserCacheTTL), related: defaultRelatedKeys}
 	for _, opt := range opts {
-		opt(&o)
+		opt.applyUser(&uo)
 	}
 	var load LoadFunc[int, User]
 	if db != nil {
 		load = db.GetUser
 	}
-	a := newAside(cache, userCacheKey, load, ErrUserNotFound, o)
+	a := newAside(cache, userCacheKey, load, ErrUserNotFound, uo.options)
 	a.shallow = true // User holds no slices or maps: a value copy is a deep copy
 	if b, ok := db.(BatchUserRepository); ok {
 		a.loadMany = b.GetUsers
 	}
-	return &UserService{db: db, users: a, related: o.related}
+	return &UserService{db: db, users: a, related: uo.related}
 }
 
 // GetUser returns the user with the given ID, from the cache when it is
@@ -56,9 +61,6 @@ func NewUserService(db UserRepository, cache CacheClient, opts ...Option) *UserS
 func (s *UserService) GetUser(ctx context.Context, userID int) (*User, error) {
 	if err := validateID(userID); err != nil {
 		return nil, err
-	}
-	if s.db == nil {
-		return nil, fmt.Errorf("%w: nil UserRepository", ErrNotConfigured)
 	}
 	return s.users.Get(ctx, userID)
 }
@@ -80,9 +82,6 @@ func (s *UserService) GetUsersBatch(ctx context.Context, userIDs []int) ([]*User
 			return nil, err
 		}
 	}
-	if s.db == nil {
-		return nil, fmt.Errorf("%w: nil UserRepository", ErrNotConfigured)
-	}
 	return s.users.GetMany(ctx, userIDs)
 }
 
@@ -98,15 +97,9 @@ func (s *UserService) CreateUser(ctx context.Context, user *User) error {
 	if err := validateUser(user, true); err != nil {
 		return err
 	}
-	if s.db == nil {
-		return fmt.Errorf("%w: nil UserRepository", ErrNotConfigured)
-	}
-	err := s.db.CreateUser(ctx, user)
-	s.invalidate(ctx, user.ID)
-	if err != nil {
-		return fmt.Errorf("cacheaside: create user: %w", err)
-	}
-	return nil
+	return s.write(ctx, "create user", func() int { return user.ID }, func(db UserRepository) error {
+		return db.CreateUser(ctx, user)
+	})
 }
 
 // UpdateUser validates user, writes it to the repository first and then
@@ -122,15 +115,10 @@ func (s *UserService) UpdateUser(ctx context.Context, user *User) error {
 	if err := validateUser(user, false); err != nil {
 		return err
 	}
-	if s.db == nil {
-		return fmt.Errorf("%w: nil UserRepository", ErrNotConfigured)
-	}
-	err := s.db.UpdateUser(ctx, user)
-	s.invalidate(ctx, user.ID)
-	if err != nil {
-		return fmt.Errorf("cacheaside: update user %d: %w", user.ID, err)
-	}
-	return nil
+	id := user.ID
+	return s.write(ctx, "update user "+strconv.Itoa(id), func() int { return id }, func(db UserRepository) error {
+		return db.UpdateUser(ctx, user)
+	})
 }
 
 // DeleteUser deletes the user from the repository and then invalidates its
@@ -140,24 +128,28 @@ func (s *UserService) DeleteUser(ctx context.Context, userID int) error {
 	if err := validateID(userID); err != nil {
 		return err
 	}
+	return s.write(ctx, "delete user "+strconv.Itoa(userID), func() int { return userID }, func(db UserRepository) error {
+		return db.DeleteUser(ctx, userID)
+	})
+}
+
+// write runs one repository write, then invalidates the keys of the user
+// that id reports, failed write or not: a write that failed may still have
+// been applied, and an extra delete only costs a miss. A failed
+// invalidation is counted and logged by the engine and not returned: the
+// write's data is already durable.
+func (s *UserService) write(ctx context.Context, op string, id func() int, do func(UserRepository) error) error {
 	if s.db == nil {
 		return fmt.Errorf("%w: nil UserRepository", ErrNotConfigured)
 	}
-	err := s.db.DeleteUser(ctx, userID)
-	s.invalidate(ctx, userID)
+	err := do(s.db)
+	if id := id(); id > 0 {
+		_ = s.users.invalidate(ctx, userCacheKey(id), s.related(id))
+	}
 	if err != nil {
-		return fmt.Errorf("cacheaside: delete user %d: %w", userID, err)
+		return wrapErr(op, err)
 	}
 	return nil
-}
-
-// invalidate runs after every repository write, failed or not: a write that
-// failed may still have been applied, and an extra delete only costs a miss.
-func (s *UserService) invalidate(ctx context.Context, id int) {
-	if id <= 0 {
-		return
-	}
-	_ = s.users.invalidate(ctx, userCacheKey(id), s.related(id)) // counted and logged
 }
 
 // GetMetrics returns a snapshot of the service's counters.

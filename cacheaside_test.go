@@ -1,10 +1,8 @@
 package cacheaside
 
 import (
-	"bytes"
 	"context"
 	"errors"
-	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -57,20 +55,18 @@ func TestUserService_SingleFlight(t *testing.T) {
 		svc := NewUserService(repo, b.cache)
 
 		const n = 10
-		var started, done sync.WaitGroup
+		joined := awaitJoins(svc.users, n)
+		var done sync.WaitGroup
 		results := make([]*User, n)
 		errs := make([]error, n)
-		started.Add(n)
 		done.Add(n)
 		for i := range n {
 			go func() {
 				defer done.Done()
-				started.Done()
 				results[i], errs[i] = svc.GetUser(ctx, u.ID)
 			}()
 		}
-		started.Wait()
-		time.Sleep(100 * time.Millisecond) // let every caller reach the flight
+		joined() // every caller waits on the one load
 		close(gate)
 		done.Wait()
 
@@ -175,38 +171,6 @@ func TestUserService_DeleteClearsAndCachesAbsence(t *testing.T) {
 	})
 }
 
-func TestUserService_CacheFailureFallsBackToDB(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, b backend) {
-		ctx := context.Background()
-		repo := newTestRepo()
-		u := seedUser(t, repo, "frank")
-		fc := newFaultCache(b.cache)
-		var logs bytes.Buffer
-		svc := NewUserService(repo, fc, WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
-
-		fc.failGet.Store(true)
-		fc.failSet.Store(true)
-		for range 3 {
-			got, err := svc.GetUser(ctx, u.ID)
-			require.NoError(t, err, "a cache failure must never fail a read")
-			require.Equal(t, "frank", got.Name)
-		}
-		m := svc.GetMetrics()
-		require.Equal(t, int64(3), repo.gets.Load())
-		require.GreaterOrEqual(t, m.CacheErrors, int64(3))
-		require.Equal(t, int64(3), m.CacheWriteErrors)
-		require.Contains(t, logs.String(), "falling back to the repository")
-
-		fc.failDel.Store(true)
-		fc.failGet.Store(false)
-		fc.failSet.Store(false)
-		u.Name = "frank2"
-		require.NoError(t, svc.UpdateUser(ctx, u), "a failed invalidation must not fail the write")
-		require.Equal(t, int64(1), svc.GetMetrics().CacheInvalidationErrors)
-		require.Contains(t, logs.String(), "invalidation failed")
-	})
-}
-
 func TestUserService_RedisDown(t *testing.T) {
 	ctx := context.Background()
 	b := miniredisBackend(t)
@@ -227,25 +191,6 @@ func TestUserService_RedisDown(t *testing.T) {
 	require.Equal(t, int64(2), repo.gets.Load())
 	require.NoError(t, svc.UpdateUser(ctx, u))
 	require.Equal(t, int64(1), svc.GetMetrics().CacheInvalidationErrors)
-}
-
-func TestUserService_UndecodableEntryIsAMiss(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, b backend) {
-		ctx := context.Background()
-		repo := newTestRepo()
-		u := seedUser(t, repo, "hank")
-		svc := NewUserService(repo, b.cache)
-		for i, garbage := range []string{"{not json", `{"id":"seven"}`, `[1,2]`} {
-			b.setRaw(userCacheKey(u.ID), garbage)
-			got, err := svc.GetUser(ctx, u.ID)
-			require.NoError(t, err)
-			require.Equal(t, "hank", got.Name)
-			require.Equal(t, int64(i+1), svc.GetMetrics().DecodeErrors)
-			raw, ok := b.raw(userCacheKey(u.ID))
-			require.True(t, ok)
-			require.Contains(t, raw, `"name":"hank"`, "the fill must overwrite the bad entry")
-		}
-	})
 }
 
 func TestUserService_BadInput(t *testing.T) {
@@ -317,47 +262,6 @@ func TestUserService_BadInput(t *testing.T) {
 	})
 }
 
-func TestUserService_TTLJitter(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, b backend) {
-		ctx := context.Background()
-		repo := newTestRepo()
-		fc := newFaultCache(b.cache)
-		svc := NewUserService(repo, fc)
-		seen := map[time.Duration]bool{}
-		for i := range 50 {
-			u := seedUser(t, repo, "user"+string(rune('a'+i%26)))
-			_, err := svc.GetUser(ctx, u.ID)
-			require.NoError(t, err)
-			ttl, ok := fc.ttlOf(userCacheKey(u.ID))
-			require.True(t, ok)
-			if ttl < 54*time.Minute || ttl > UserCacheTTL {
-				t.Fatalf("fill TTL = %v, want within [54m, 1h]", ttl)
-			}
-			if stored := b.ttl(userCacheKey(u.ID)); stored > ttl || stored < ttl-2*time.Second {
-				t.Fatalf("stored TTL = %v, want the %v the service asked for", stored, ttl)
-			}
-			seen[ttl] = true
-		}
-		require.Greater(t, len(seen), 40, "TTLs of keys written together must differ")
-
-		_, err := svc.GetUser(ctx, 10_000)
-		require.ErrorIs(t, err, ErrUserNotFound)
-		neg, _ := fc.ttlOf(userCacheKey(10_000))
-		if neg > DefaultNegativeTTL || neg < DefaultNegativeTTL*9/10 {
-			t.Fatalf("negative TTL = %v, want about %v", neg, DefaultNegativeTTL)
-		}
-	})
-
-	repo := newTestRepo()
-	seedUser(t, repo, "zed")
-	fc := newFaultCache(NewMemoryCache())
-	svc := NewUserService(repo, fc, WithTTL(5*time.Minute), WithJitter(0))
-	_, err := svc.GetUser(context.Background(), 1)
-	require.NoError(t, err)
-	ttl, _ := fc.ttlOf(userCacheKey(1))
-	require.Equal(t, 5*time.Minute, ttl, "WithTTL and WithJitter(0) give an exact TTL")
-}
-
 func TestUserService_CallersOwnTheirCopies(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
 		ctx := context.Background()
@@ -405,104 +309,6 @@ func TestUserService_RelatedKeys(t *testing.T) {
 		_, ok = b.raw("users:all")
 		require.True(t, ok, "custom related keys replace the defaults")
 	})
-}
-
-func TestUserService_GetUsersBatch(t *testing.T) {
-	ctx := context.Background()
-	for _, batchRepo := range []bool{true, false} {
-		name := "batch repository"
-		if !batchRepo {
-			name = "single-row repository"
-		}
-		t.Run(name, func(t *testing.T) {
-			forEachBackend(t, func(t *testing.T, b backend) {
-				repo := newTestRepo()
-				var db UserRepository = repo
-				if !batchRepo {
-					db = singleRepo{repo}
-				}
-				fc := newFaultCache(b.cache)
-				svc := NewUserService(db, multiFaultCache{fc})
-				var ids []int
-				for i := range 6 {
-					ids = append(ids, seedUser(t, repo, "u"+string(rune('a'+i))).ID)
-				}
-				// Warm half of them.
-				for _, id := range ids[:3] {
-					_, err := svc.GetUser(ctx, id)
-					require.NoError(t, err)
-				}
-				gets := repo.gets.Load()
-				req := []int{ids[0], 9999, ids[3], ids[0], ids[4], ids[5], ids[1]}
-				got, err := svc.GetUsersBatch(ctx, req)
-				require.NoError(t, err)
-				require.Len(t, got, len(req))
-				for i, id := range req {
-					if id == 9999 {
-						require.Nil(t, got[i], "missing ID must give nil")
-						continue
-					}
-					require.NotNil(t, got[i])
-					require.Equal(t, id, got[i].ID)
-				}
-				require.NotSame(t, got[0], got[3], "duplicate IDs must get their own copies")
-				require.Equal(t, int64(1), fc.multis.Load(), "hits must come from one multi-get")
-				if batchRepo {
-					require.Equal(t, int64(1), repo.batchGets.Load(), "misses must load in one query")
-					require.Equal(t, gets, repo.gets.Load())
-				} else {
-					require.Equal(t, gets+4, repo.gets.Load(), "each miss loads once")
-				}
-				// Everything is cached now, including the absence of 9999.
-				before := repo.gets.Load() + repo.batchGets.Load()
-				got, err = svc.GetUsersBatch(ctx, req)
-				require.NoError(t, err)
-				require.Equal(t, before, repo.gets.Load()+repo.batchGets.Load())
-				require.Nil(t, got[1])
-
-				// A real failure is an error, with the users that loaded.
-				require.NoError(t, svc.UpdateUser(ctx, &User{ID: ids[5], Name: "new", Email: "new@example.com"}))
-				repo.setErr(errInjected)
-				got, err = svc.GetUsersBatch(ctx, []int{ids[0], ids[5]})
-				require.ErrorIs(t, err, errInjected)
-				require.Contains(t, err.Error(), "batch load failed: 1 errors occurred")
-				require.NotNil(t, got[0])
-				require.Nil(t, got[1])
-				repo.setErr(nil)
-
-				empty, err := svc.GetUsersBatch(ctx, nil)
-				require.NoError(t, err)
-				require.Empty(t, empty)
-			})
-		})
-	}
-}
-
-func TestUserService_GetUsersBatchWithoutMultiGet(t *testing.T) {
-	ctx := context.Background()
-	repo := newTestRepo()
-	fc := newFaultCache(NewMemoryCache()) // hides GetMulti
-	svc := NewUserService(singleRepo{repo}, fc)
-	a := seedUser(t, repo, "a")
-	bb := seedUser(t, repo, "b")
-	got, err := svc.GetUsersBatch(ctx, []int{a.ID, bb.ID, 50})
-	require.NoError(t, err)
-	require.Equal(t, "a", got[0].Name)
-	require.Equal(t, "b", got[1].Name)
-	require.Nil(t, got[2])
-	require.Equal(t, int64(3), fc.gets.Load()-3, "one lookup per ID, plus one inside each flight")
-	m := svc.GetMetrics()
-	require.Equal(t, int64(3), m.TotalRequests)
-	require.Equal(t, int64(3), m.CacheMisses)
-
-	// A cache that fails its multi-get falls back to the repository.
-	fc2 := newFaultCache(NewMemoryCache())
-	fc2.failGet.Store(true)
-	svc2 := NewUserService(repo, multiFaultCache{fc2})
-	got, err = svc2.GetUsersBatch(ctx, []int{a.ID, bb.ID})
-	require.NoError(t, err)
-	require.Equal(t, "b", got[1].Name)
-	require.Equal(t, int64(1), svc2.GetMetrics().CacheErrors)
 }
 
 func TestUserService_Metrics(t *testing.T) {
@@ -579,30 +385,4 @@ func TestUserService_RepositoryErrors(t *testing.T) {
 	got, err := svc.GetUser(ctx, u.ID)
 	require.NoError(t, err, "a failed load must not be cached")
 	require.Equal(t, "nora", got.Name)
-}
-
-func TestUserService_GetUsersBatchFailureCountsIDs(t *testing.T) {
-	tests := []struct {
-		name   string
-		db     func(*testRepo) UserRepository
-		causes int // how often the cause appears in the message
-	}{
-		{"batch repository: one query, one cause", func(r *testRepo) UserRepository { return r }, 1},
-		{"single-row repository: one cause per ID", func(r *testRepo) UserRepository { return singleRepo{r} }, 3},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			repo := newTestRepo()
-			for _, n := range []string{"a", "b", "c"} {
-				seedUser(t, repo, n)
-			}
-			svc := NewUserService(tt.db(repo), NewMemoryCache())
-			repo.setErr(errInjected)
-			got, err := svc.GetUsersBatch(context.Background(), []int{1, 2, 3})
-			require.ErrorIs(t, err, errInjected)
-			require.Contains(t, err.Error(), "batch load failed: 3 errors occurred")
-			require.Equal(t, tt.causes, strings.Count(err.Error(), errInjected.Error()))
-			require.Equal(t, []*User{nil, nil, nil}, got)
-		})
-	}
 }

@@ -148,8 +148,8 @@ func Example_redis() {
 	// true
 }
 
-// Product is the seed's second entity, cached with its own namespace and
-// TTL by the same engine.
+// Product is another entity, cached with its own namespace and TTL by the
+// same engine as users.
 type Product struct {
 	ID    int      `json:"id"`
 	Title string   `json:"title"`
@@ -169,7 +169,7 @@ func ExampleNewAside() {
 		return &p, nil
 	}
 	products := cacheaside.NewAside(cacheaside.NewMemoryCache(), "product", load,
-		cacheaside.WithTTL(cacheaside.ProductCacheTTL))
+		cacheaside.WithTTL(30*time.Minute)) // products change more often than users
 
 	p, _ := products.Get(ctx, 7)
 	p.Tags[0] = "changed by the caller" // callers own their copies

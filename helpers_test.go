@@ -264,10 +264,9 @@ type testRepo struct {
 	*MemoryRepository
 	gets, batchGets, writes atomic.Int64
 
-	mu      sync.Mutex // protects hook, err, batch
-	hook    func(ctx context.Context, id int)
-	err     error
-	noBatch bool
+	mu   sync.Mutex // protects hook and err
+	hook func(ctx context.Context, id int)
+	err  error
 }
 
 func newTestRepo() *testRepo { return &testRepo{MemoryRepository: NewMemoryRepository()} }

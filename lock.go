@@ -156,7 +156,7 @@ func (l *DistributedLock) Release(ctx context.Context) error {
 
 	ok, err := l.c.ReleaseLock(ctx, l.name, l.owner)
 	if err != nil {
-		return fmt.Errorf("cacheaside: release lock %q: %w", l.name, err)
+		return wrapErr(fmt.Sprintf("release lock %q", l.name), err)
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()

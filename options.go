@@ -1,12 +1,16 @@
 package cacheaside
 
 import (
+	"fmt"
 	"log/slog"
 	"time"
 )
 
 // Defaults used when no Option says otherwise.
 const (
+	// DefaultTTL is how long an Aside caches a loaded value when WithTTL
+	// does not say otherwise. A UserService caches users for UserCacheTTL.
+	DefaultTTL = time.Hour
 	// DefaultNegativeTTL is how long a "not found" answer is cached.
 	DefaultNegativeTTL = 30 * time.Second
 	// DefaultJitter is the fraction of a TTL that is randomly taken off each
@@ -16,7 +20,7 @@ const (
 	// cache fill that follows it.
 	DefaultLoadTimeout = 10 * time.Second
 	// DefaultBatchConcurrency bounds the concurrent cache lookups and loads
-	// of one GetUsersBatch call.
+	// of one batch read.
 	DefaultBatchConcurrency = 16
 	// DefaultLeaseTTL is how long a lease placed on a missing key lives if
 	// its holder never fills or releases it (it crashed, say).
@@ -26,10 +30,23 @@ const (
 	DefaultLeaseWait = DefaultLeaseTTL
 )
 
-// An Option configures a UserService or an Aside. Options that make no sense
-// for one of them (WithRelatedKeys for an Aside) are ignored by it.
+// An Option configures an Aside or a UserService.
+//
+// Every option checks its value when it is called and panics, with a
+// message that names the option, when the value is out of range: a bad
+// option is a programmer error, as a non-positive duration given to
+// time.NewTicker is, and is never silently replaced by a default.
 type Option func(*options)
 
+// A UserOption configures a UserService: any Option, or an option that only
+// a UserService understands, such as WithRelatedKeys.
+type UserOption interface {
+	applyUser(*userOptions)
+}
+
+func (o Option) applyUser(u *userOptions) { o(&u.options) }
+
+// options are the engine's settings.
 type options struct {
 	ttl         time.Duration
 	negTTL      time.Duration
@@ -39,7 +56,22 @@ type options struct {
 	leaseTTL    time.Duration
 	leaseWait   time.Duration
 	logger      *slog.Logger
-	related     func(id int) []string
+}
+
+// userOptions are a UserService's settings: the engine's, and the user
+// layer's own.
+type userOptions struct {
+	options
+	related func(id int) []string
+}
+
+// newOptions returns the defaults, with ttl as the TTL, after opts.
+func newOptions(ttl time.Duration, opts []Option) options {
+	o := defaultOptions(ttl)
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return o
 }
 
 func defaultOptions(ttl time.Duration) options {
@@ -52,110 +84,114 @@ func defaultOptions(ttl time.Duration) options {
 		leaseTTL:    DefaultLeaseTTL,
 		leaseWait:   DefaultLeaseWait,
 		logger:      slog.New(slog.DiscardHandler),
-		related:     defaultRelatedKeys,
 	}
 }
 
-// WithTTL sets how long a loaded value stays cached (before jitter). The
-// default is UserCacheTTL for a UserService. A ttl of zero or less is
-// ignored.
+// badOption panics with a message that names the option and the value.
+func badOption(option string, value any, want string) {
+	panic(fmt.Sprintf("%s%s(%v): %s", prefix, option, value, want))
+}
+
+// WithTTL sets how long a loaded value stays cached (before jitter): the
+// default is DefaultTTL for an Aside and UserCacheTTL for a UserService.
+// It panics if ttl is not positive.
 func WithTTL(ttl time.Duration) Option {
-	return func(o *options) {
-		if ttl > 0 {
-			o.ttl = ttl
-		}
+	if ttl <= 0 {
+		badOption("WithTTL", ttl, "the TTL must be positive")
 	}
+	return func(o *options) { o.ttl = ttl }
 }
 
 // WithNegativeTTL sets how long a "not found" answer is cached, so that a
 // flood of lookups for a missing ID does not reach the repository. Zero
-// turns negative caching off; the default is DefaultNegativeTTL.
+// turns negative caching off; the default is DefaultNegativeTTL. It panics
+// if ttl is negative.
 func WithNegativeTTL(ttl time.Duration) Option {
-	return func(o *options) {
-		if ttl >= 0 {
-			o.negTTL = ttl
-		}
+	if ttl < 0 {
+		badOption("WithNegativeTTL", ttl, "the TTL must be zero (off) or positive")
 	}
+	return func(o *options) { o.negTTL = ttl }
 }
 
-// WithJitter sets the fraction (0..0.5) of each TTL that is randomly taken
-// off an entry; an entry written with TTL d lives between d*(1-f) and d.
-// Zero turns jitter off. Values outside 0..0.5 are clamped.
+// WithJitter sets the fraction f of each TTL that is randomly taken off an
+// entry: an entry written with TTL d lives between d*(1-f) and d. Zero
+// turns jitter off; the default is DefaultJitter. It panics unless
+// 0 <= f < 1.
 func WithJitter(f float64) Option {
-	return func(o *options) {
-		o.jitter = min(max(f, 0), 0.5)
+	if !(f >= 0 && f < 1) { // also rejects NaN
+		badOption("WithJitter", f, "the fraction must be in [0, 1)")
 	}
+	return func(o *options) { o.jitter = f }
 }
 
 // WithLoadTimeout bounds a shared load. The load runs on a context detached
 // from its callers' (it keeps their values, not their cancellation), so one
 // caller giving up does not fail the others; this timeout is what stops it.
-// A timeout of zero or less is ignored.
+// The default is DefaultLoadTimeout. It panics if d is not positive.
 func WithLoadTimeout(d time.Duration) Option {
-	return func(o *options) {
-		if d > 0 {
-			o.loadTimeout = d
-		}
+	if d <= 0 {
+		badOption("WithLoadTimeout", d, "the timeout must be positive")
 	}
+	return func(o *options) { o.loadTimeout = d }
 }
 
-// WithBatchConcurrency bounds how many lookups or loads one GetUsersBatch
-// call runs at once when the cache or the repository has no batch method.
-// Values below 1 are ignored.
+// WithBatchConcurrency bounds how many lookups or loads one batch read
+// runs at once when the cache or the repository has no batch method. The
+// default is DefaultBatchConcurrency. It panics if n is below 1.
 func WithBatchConcurrency(n int) Option {
-	return func(o *options) {
-		if n >= 1 {
-			o.batchConc = n
-		}
+	if n < 1 {
+		badOption("WithBatchConcurrency", n, "at least 1 is needed")
 	}
+	return func(o *options) { o.batchConc = n }
 }
 
 // WithLeaseTTL sets how long a lease lives when its holder neither fills
 // nor releases it, which is how long a key can stay blocked after a loader
 // dies. Keep it above the time a load normally takes: a lease that expires
 // under a slow load lets another caller load too, and the slow load's fill
-// is then dropped. Values of zero or less are ignored. It only matters with
-// a cache that implements Leaser.
+// is then dropped. The default is DefaultLeaseTTL; it only matters with a
+// cache that implements Leaser. It panics if d is below a millisecond, the
+// resolution of a lease's expiry.
 func WithLeaseTTL(d time.Duration) Option {
-	return func(o *options) {
-		if d > 0 {
-			o.leaseTTL = d
-		}
+	if d < time.Millisecond {
+		badOption("WithLeaseTTL", d, "the TTL must be at least 1ms")
 	}
+	return func(o *options) { o.leaseTTL = d }
 }
 
 // WithLeaseWait bounds how long a load waits for another caller's lease on
 // the same key to turn into a value. After it, the load reads the source
 // itself and returns what it read without filling the cache. Zero makes
 // loads never wait (each reads the source at once, still without filling);
-// negative values are ignored.
+// the default is DefaultLeaseWait. It panics if d is negative.
 func WithLeaseWait(d time.Duration) Option {
-	return func(o *options) {
-		if d >= 0 {
-			o.leaseWait = d
-		}
+	if d < 0 {
+		badOption("WithLeaseWait", d, "the wait must be zero or positive")
 	}
+	return func(o *options) { o.leaseWait = d }
 }
 
 // WithLogger sends the service's logs (cache failures, fills that failed,
-// invalidations that failed) to l. The default discards them. A nil l is
-// ignored.
+// invalidations that failed) to l. The default discards them. It panics if
+// l is nil.
 func WithLogger(l *slog.Logger) Option {
-	return func(o *options) {
-		if l != nil {
-			o.logger = l
-		}
+	if l == nil {
+		badOption("WithLogger", l, "the logger must not be nil")
 	}
+	return func(o *options) { o.logger = l }
 }
 
 // WithRelatedKeys sets the keys that a write to user id invalidates besides
-// "user:<id>". The default is the seed's "users:all", "user_posts:<id>" and
-// "user_stats:<id>"; a nil fn invalidates the user's own key only.
-func WithRelatedKeys(fn func(id int) []string) Option {
-	return func(o *options) {
-		if fn == nil {
-			fn = func(int) []string { return nil }
-		}
-		o.related = fn
+// "user:<id>", for a UserService. The default is "users:all",
+// "user_posts:<id>" and "user_stats:<id>"; a nil fn invalidates the user's
+// own key only.
+func WithRelatedKeys(fn func(id int) []string) UserOption {
+	if fn == nil {
+		fn = func(int) []string { return nil }
 	}
+	return relatedKeys(fn)
 }
+
+type relatedKeys func(id int) []string
+
+func (r relatedKeys) applyUser(u *userOptions) { u.related = r }

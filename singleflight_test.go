@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,6 +22,20 @@ func blockingRepo() (repo *testRepo, entered chan int, release chan struct{}) {
 		<-release
 	})
 	return repo, entered, release
+}
+
+// awaitJoins makes a's callers report when they wait on a flight, and
+// returns a function that blocks until n of them have. Call it before the
+// callers start.
+func awaitJoins[K comparable, V any](a *Aside[K, V], n int) (wait func()) {
+	var joined atomic.Int64
+	all := make(chan struct{})
+	a.onJoin = func(string) {
+		if joined.Add(1) == int64(n) {
+			close(all)
+		}
+	}
+	return func() { <-all }
 }
 
 func TestSingleFlight_CallerCancelsOthersStillServed(t *testing.T) {
@@ -92,6 +107,7 @@ func TestSingleFlight_PanicReachesEveryWaiter(t *testing.T) {
 		svc := NewUserService(repo, b.cache)
 
 		const n = 5
+		joined := awaitJoins(svc.users, n)
 		errs := make([]error, n)
 		var wg sync.WaitGroup
 		wg.Add(1)
@@ -101,7 +117,7 @@ func TestSingleFlight_PanicReachesEveryWaiter(t *testing.T) {
 			wg.Add(1)
 			go func() { defer wg.Done(); _, errs[i] = svc.GetUser(context.Background(), u.ID) }()
 		}
-		time.Sleep(50 * time.Millisecond)
+		joined()
 		close(gate)
 		wg.Wait()
 		for i, err := range errs {
@@ -123,15 +139,6 @@ func TestSingleFlight_PanicReachesEveryWaiter(t *testing.T) {
 		require.Equal(t, "quinn", got.Name)
 	})
 }
-
-func TestSingleFlight_BatchLoaderPanic(t *testing.T) {
-	svc := NewUserService(panicBatchRepo{newTestRepo()}, NewMemoryCache())
-	_, err := svc.GetUsersBatch(context.Background(), []int{1, 2})
-	var pe *PanicError
-	require.ErrorAs(t, err, &pe)
-}
-
-type panicBatchRepo struct{ *testRepo }
 
 func (panicBatchRepo) GetUsers(context.Context, []int) ([]*User, error) { panic("boom") }
 
@@ -187,6 +194,7 @@ func TestSingleFlight_SharedResultIsCopied(t *testing.T) {
 	repo, entered, release := blockingRepo()
 	u := seedUser(t, repo, "rosa")
 	svc := NewUserService(repo, NewMemoryCache())
+	joined := awaitJoins(svc.users, 2)
 	res := make(chan *User, 2)
 	for range 2 {
 		go func() {
@@ -198,7 +206,7 @@ func TestSingleFlight_SharedResultIsCopied(t *testing.T) {
 		}()
 	}
 	<-entered
-	time.Sleep(50 * time.Millisecond)
+	joined()
 	close(release)
 	a, b := <-res, <-res
 	require.NotSame(t, a, b)
@@ -244,4 +252,49 @@ func TestSingleFlight_LoadKeepsContextValues(t *testing.T) {
 	_, err := svc.GetUser(ctx, u.ID)
 	require.NoError(t, err)
 	require.Equal(t, "trace-42", <-seen)
+}
+
+// TestSingleFlight_LateJoinerLooksAgain: a caller that joins a flight after
+// a write in another process was acknowledged does not take the flight's
+// result, which predates the write (its fill was refused): it looks at the
+// cache again and loads the new row.
+func TestSingleFlight_LateJoinerLooksAgain(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		repo := newTestRepo()
+		u := seedUser(t, repo, "old")
+		reader := NewUserService(repo, b.fork(t))
+		writer := NewUserService(repo, b.fork(t))
+		joined := make(chan struct{}, 8)
+		reader.users.onJoin = func(string) { joined <- struct{}{} }
+		entered, release := holdFirstRead(repo)
+
+		first := make(chan *User, 1)
+		go func() {
+			got, err := reader.GetUser(ctx, u.ID)
+			if err != nil {
+				t.Errorf("first reader: %v", err)
+			}
+			first <- got
+		}()
+		<-entered // the flight holds the old row
+		<-joined
+		require.NoError(t, writer.UpdateUser(ctx, &User{ID: u.ID, Name: "new", Email: u.Email}))
+
+		late := make(chan *User, 1)
+		go func() {
+			got, err := reader.GetUser(ctx, u.ID)
+			if err != nil {
+				t.Errorf("late reader: %v", err)
+			}
+			late <- got
+		}()
+		<-joined // the late reader waits on the old flight
+		close(release)
+		require.Equal(t, "old", (<-first).Name, "the flight's leader overlapped the write")
+		require.Equal(t, "new", (<-late).Name, "a caller that began after the write must not get the old row")
+		m := reader.GetMetrics()
+		require.Equal(t, int64(1), m.Rejoins)
+		require.Equal(t, int64(1), m.StaleFillsSkipped)
+	})
 }

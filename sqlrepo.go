@@ -83,6 +83,14 @@ const sqlBatchChunk = 500
 // creates its table if absent. It returns ErrNotConfigured for a nil db,
 // ErrInvalidArgument for an unknown dialect or a bad table name, and the
 // database's error, wrapped, if the table cannot be created.
+//
+// With SQLite, mind what database/sql's pool does to an in-memory database:
+// sql.Open("sqlite", ":memory:") gives each pooled connection its own
+// empty database, so the table created here is missing on the others and
+// concurrent reads fail with "no such table". Use a file
+// ("file:/path/users.db"), a shared in-memory database
+// ("file::memory:?cache=shared"), or a single connection
+// (db.SetMaxOpenConns(1)).
 func NewSQLRepository(ctx context.Context, db *sql.DB, dialect Dialect, opts ...SQLOption) (*SQLRepository, error) {
 	o := sqlOptions{table: "users"}
 	for _, opt := range opts {
@@ -131,7 +139,7 @@ func NewSQLRepository(ctx context.Context, db *sql.DB, dialect Dialect, opts ...
 		return nil, fmt.Errorf("%w: unknown SQL dialect %v", ErrInvalidArgument, dialect)
 	}
 	if _, err := db.ExecContext(ctx, create); err != nil {
-		return nil, fmt.Errorf("cacheaside: create table %s: %w", t, err)
+		return nil, wrapErr("CREATE TABLE "+t, err)
 	}
 	return r, nil
 }
@@ -176,10 +184,10 @@ func (r *SQLRepository) GetUser(ctx context.Context, id int) (*User, error) {
 	var ts timeScan
 	err := r.db.QueryRowContext(ctx, r.q.get, id).Scan(&u.ID, &u.Name, &u.Email, &ts)
 	if errors.Is(err, sql.ErrNoRows) {
-		return nil, fmt.Errorf("%w: id %d", ErrUserNotFound, id)
+		return nil, ErrUserNotFound
 	}
 	if err != nil {
-		return nil, fmt.Errorf("cacheaside: select user %d: %w", id, err)
+		return nil, wrapErr("SELECT "+r.table, err)
 	}
 	u.CreateAt = ts.t
 	return &u, nil
@@ -222,14 +230,14 @@ func (r *SQLRepository) GetUsers(ctx context.Context, ids []int) ([]*User, error
 func (r *SQLRepository) scanInto(ctx context.Context, query string, args []any, at map[int][]int, out []*User) error {
 	rows, err := r.db.QueryContext(ctx, query, args...)
 	if err != nil {
-		return fmt.Errorf("cacheaside: select users: %w", err)
+		return wrapErr("SELECT "+r.table, err)
 	}
 	defer rows.Close()
 	for rows.Next() {
 		var u User
 		var ts timeScan
 		if err := rows.Scan(&u.ID, &u.Name, &u.Email, &ts); err != nil {
-			return fmt.Errorf("cacheaside: select users: %w", err)
+			return wrapErr("SELECT "+r.table, err)
 		}
 		u.CreateAt = ts.t
 		for n, i := range at[u.ID] {
@@ -242,7 +250,7 @@ func (r *SQLRepository) scanInto(ctx context.Context, query string, args []any, 
 		}
 	}
 	if err := rows.Err(); err != nil {
-		return fmt.Errorf("cacheaside: select users: %w", err)
+		return wrapErr("SELECT "+r.table, err)
 	}
 	return nil
 }
@@ -287,16 +295,16 @@ func (r *SQLRepository) CreateUser(ctx context.Context, user *User) error {
 	} else {
 		err = r.db.QueryRowContext(ctx, r.q.insertID, user.ID, user.Name, user.Email, r.timeArg(created)).Scan(&id)
 		if errors.Is(err, sql.ErrNoRows) {
-			return fmt.Errorf("%w: id %d", ErrUserExists, user.ID)
+			return ErrUserExists
 		}
 		if err == nil && r.q.syncSeq != "" {
 			if _, serr := r.db.ExecContext(ctx, r.q.syncSeq); serr != nil {
-				return fmt.Errorf("cacheaside: user %d inserted, but its ID sequence could not be moved: %w", id, serr)
+				return wrapErr(fmt.Sprintf("user %d inserted, but the ID sequence of %s could not be moved", id, r.table), serr)
 			}
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("cacheaside: insert user: %w", err)
+		return wrapErr("INSERT "+r.table, err)
 	}
 	user.ID = int(id)
 	user.CreateAt = created
@@ -314,10 +322,10 @@ func (r *SQLRepository) UpdateUser(ctx context.Context, user *User) error {
 	var ts timeScan
 	err := r.db.QueryRowContext(ctx, r.q.update, user.Name, user.Email, user.ID).Scan(&ts)
 	if errors.Is(err, sql.ErrNoRows) {
-		return fmt.Errorf("%w: id %d", ErrUserNotFound, user.ID)
+		return ErrUserNotFound
 	}
 	if err != nil {
-		return fmt.Errorf("cacheaside: update user %d: %w", user.ID, err)
+		return wrapErr("UPDATE "+r.table, err)
 	}
 	user.CreateAt = ts.t
 	return nil
@@ -327,10 +335,10 @@ func (r *SQLRepository) UpdateUser(ctx context.Context, user *User) error {
 func (r *SQLRepository) DeleteUser(ctx context.Context, id int) error {
 	res, err := r.db.ExecContext(ctx, r.q.del, id)
 	if err != nil {
-		return fmt.Errorf("cacheaside: delete user %d: %w", id, err)
+		return wrapErr("DELETE "+r.table, err)
 	}
 	if n, err := res.RowsAffected(); err == nil && n == 0 {
-		return fmt.Errorf("%w: id %d", ErrUserNotFound, id)
+		return ErrUserNotFound
 	}
 	return nil
 }

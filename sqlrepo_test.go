@@ -147,7 +147,7 @@ func TestSQLRepository_HostileInput(t *testing.T) {
 			`Robert'); DROP TABLE users;--`,
 			`" OR 1=1 --`,
 			`back\slash \' \" %_ $1 ? :name`,
-			"Zoë 山田 😀 عربي ‮reversed‬ e\u0301",
+			"Zoë 山田 😀 عربي \u202ereversed\u202c e\u0301",
 			strings.Repeat("long", 25_000),
 			"tab\tnew\nline",
 		}

@@ -10,8 +10,8 @@ import (
 	"unicode/utf8"
 )
 
-// User is the entity the seed caches. It is stored in the cache as its JSON
-// encoding, so any other reader of the cache sees ordinary JSON.
+// User is the entity a UserService caches. It is stored in the cache as its
+// JSON encoding, so any other reader of the cache sees ordinary JSON.
 type User struct {
 	ID       int       `json:"id" db:"id"`
 	Name     string    `json:"name" db:"name"`
@@ -46,21 +46,19 @@ type BatchUserRepository interface {
 	GetUsers(ctx context.Context, ids []int) ([]*User, error)
 }
 
-// TTLs the seed suggests for its entities.
-const (
-	UserCacheTTL    = 1 * time.Hour
-	ProductCacheTTL = 30 * time.Minute
-	SessionCacheTTL = 15 * time.Minute
-)
+// UserCacheTTL is how long a UserService caches a user when WithTTL does
+// not say otherwise.
+const UserCacheTTL = 1 * time.Hour
 
-// userCacheKey returns the seed's cache key of a user, "user:<id>".
+// userCacheKey returns the cache key of a user, "user:<id>".
 func userCacheKey(id int) string { return "user:" + strconv.Itoa(id) }
 
-// allUsersCacheKey returns the seed's cache key of the list of all users.
+// allUsersCacheKey returns the cache key of the list of all users.
 func allUsersCacheKey() string { return "users:all" }
 
-// defaultRelatedKeys returns the seed's keys that a write to user id
-// invalidates besides the user's own key.
+// defaultRelatedKeys returns the keys that a write to user id invalidates
+// besides the user's own key: the list of all users, and the user's posts
+// and statistics.
 func defaultRelatedKeys(id int) []string {
 	s := strconv.Itoa(id)
 	return []string{allUsersCacheKey(), "user_posts:" + s, "user_stats:" + s}

@@ -33,9 +33,6 @@ func New(c redis.UniversalClient, prefix string) *Cache {
 // Client returns the client the cache talks through.
 func (c *Cache) Client() redis.UniversalClient { return c.c }
 
-// Key returns the Redis key that key is stored under.
-func (c *Cache) Key(key string) string { return c.prefix + key }
-
 // Get returns the value under key and whether it was there.
 func (c *Cache) Get(ctx context.Context, key string) ([]byte, bool, error) {
 	b, err := c.c.Get(ctx, c.prefix+key).Bytes()

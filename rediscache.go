@@ -77,7 +77,7 @@ func (r *RedisCache) GetJSON(ctx context.Context, key string, dest any) error {
 	}
 	b, ok, err := r.c.Get(ctx, key)
 	if err != nil {
-		return fmt.Errorf("cacheaside: redis GET %s: %w", key, err)
+		return wrapErr("redis GET "+key, err)
 	}
 	if !ok {
 		return ErrCacheMiss
@@ -96,7 +96,7 @@ func (r *RedisCache) SetJSON(ctx context.Context, key string, value any, ttl tim
 		return err
 	}
 	if err := r.c.Set(ctx, key, b, ttl); err != nil {
-		return fmt.Errorf("cacheaside: redis SET %s: %w", key, err)
+		return wrapErr("redis SET "+key, err)
 	}
 	return nil
 }
@@ -107,7 +107,7 @@ func (r *RedisCache) Delete(ctx context.Context, keys ...string) error {
 		return err
 	}
 	if err := r.c.Delete(ctx, keys...); err != nil {
-		return fmt.Errorf("cacheaside: redis DEL: %w", err)
+		return wrapErr("redis DEL", err)
 	}
 	return nil
 }
@@ -120,7 +120,7 @@ func (r *RedisCache) GetMulti(ctx context.Context, keys []string) ([]json.RawMes
 	}
 	bs, err := r.c.GetMulti(ctx, keys)
 	if err != nil {
-		return nil, fmt.Errorf("cacheaside: redis multi-get: %w", err)
+		return nil, wrapErr("redis multi-get", err)
 	}
 	return toRaw(bs), nil
 }
@@ -134,7 +134,7 @@ func (r *RedisCache) SetNX(ctx context.Context, key string, val []byte, ttl time
 	}
 	held, _, err := r.c.SetNX(ctx, key, val, ttl)
 	if err != nil {
-		return nil, fmt.Errorf("cacheaside: redis lease %s: %w", key, err)
+		return nil, wrapErr("redis lease "+key, err)
 	}
 	return held, nil
 }
@@ -148,7 +148,7 @@ func (r *RedisCache) CompareAndSwap(ctx context.Context, key string, old, val []
 	}
 	ok, err := r.c.CompareAndSwap(ctx, key, old, val, ttl)
 	if err != nil {
-		return false, fmt.Errorf("cacheaside: redis compare-and-swap %s: %w", key, err)
+		return false, wrapErr("redis compare-and-swap "+key, err)
 	}
 	return ok, nil
 }

@@ -1,0 +1,119 @@
+package cacheaside
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+
+	"github.com/cacheaside/cacheaside/internal/memcache"
+)
+
+var (
+	_ CacheClient = (*MemoryCache)(nil)
+	_ MultiGetter = (*MemoryCache)(nil)
+	_ Sizer       = (*MemoryCache)(nil)
+	_ Leaser      = (*MemoryCache)(nil)
+)
+
+// MemoryCache is a CacheClient that keeps JSON-encoded values in process
+// memory with per-entry TTLs, for tests, examples and single-instance
+// programs. Values are stored encoded, so readers never share memory with
+// writers. It also implements MultiGetter, Sizer and Leaser (so fills are
+// guarded by leases exactly as with Redis), and starts no
+// goroutine: expired entries are dropped as they are met and swept every
+// 1,024 writes.
+type MemoryCache struct {
+	c *memcache.Cache
+}
+
+// A MemoryOption configures a MemoryCache.
+type MemoryOption func(*memoryOptions)
+
+type memoryOptions struct {
+	now func() time.Time
+}
+
+// WithClock makes the cache read the time from now instead of time.Now, so
+// tests can expire entries without sleeping. It panics if now is nil.
+func WithClock(now func() time.Time) MemoryOption {
+	if now == nil {
+		badOption("WithClock", "nil", "the clock must not be nil")
+	}
+	return func(o *memoryOptions) { o.now = now }
+}
+
+// NewMemoryCache returns an empty in-memory cache.
+func NewMemoryCache(opts ...MemoryOption) *MemoryCache {
+	var o memoryOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return &MemoryCache{c: memcache.New(o.now)}
+}
+
+// GetJSON decodes the value under key into dest, or returns ErrCacheMiss.
+// An entry that does not decode into dest is reported as ErrDecode.
+func (m *MemoryCache) GetJSON(ctx context.Context, key string, dest any) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	b, ok := m.c.Get(key)
+	if !ok {
+		return ErrCacheMiss
+	}
+	return decodeJSON(key, b, dest)
+}
+
+// SetJSON stores the JSON encoding of value under key for ttl (no expiry
+// when ttl <= 0).
+func (m *MemoryCache) SetJSON(ctx context.Context, key string, value any, ttl time.Duration) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	b, err := encodeJSON(value)
+	if err != nil {
+		return err
+	}
+	m.c.Set(key, b, ttl)
+	return nil
+}
+
+// Delete removes keys.
+func (m *MemoryCache) Delete(ctx context.Context, keys ...string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	m.c.Delete(keys...)
+	return nil
+}
+
+// GetMulti returns the encoded values under keys, aligned with keys, with
+// nil for misses.
+func (m *MemoryCache) GetMulti(ctx context.Context, keys []string) ([]json.RawMessage, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return toRaw(m.c.GetMulti(keys)), nil
+}
+
+// SetNX stores val under key for ttl if the key is empty and returns nil;
+// otherwise it returns what the key holds.
+func (m *MemoryCache) SetNX(ctx context.Context, key string, val []byte, ttl time.Duration) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	held, _ := m.c.SetNX(key, val, ttl)
+	return held, nil
+}
+
+// CompareAndSwap replaces key's value with val for ttl if the key holds
+// exactly old, or deletes it when val is nil, and reports whether it did.
+func (m *MemoryCache) CompareAndSwap(ctx context.Context, key string, old, val []byte, ttl time.Duration) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	return m.c.CompareAndSwap(key, old, val, ttl), nil
+}
+
+// Len reports how many unexpired entries the cache holds.
+func (m *MemoryCache) Len() int64 { return int64(m.c.Len()) }

@@ -1,0 +1,33 @@
+package cacheaside
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestMemoryCache_Contract(t *testing.T) {
+	testCacheContract(t, memoryBackend(t))
+}
+
+func TestMemoryCache_ExpiryAndContext(t *testing.T) {
+	b := memoryBackend(t)
+	mc := b.cache.(*MemoryCache)
+	ctx := context.Background()
+	require.NoError(t, mc.SetJSON(ctx, "a", 1, time.Second))
+	require.Equal(t, int64(1), mc.Len())
+	b.advance(time.Second)
+	var n int
+	require.ErrorIs(t, mc.GetJSON(ctx, "a", &n), ErrCacheMiss)
+	require.Equal(t, int64(0), mc.Len())
+
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	require.ErrorIs(t, mc.GetJSON(cctx, "a", &n), context.Canceled)
+	require.ErrorIs(t, mc.SetJSON(cctx, "a", 1, 0), context.Canceled)
+	require.ErrorIs(t, mc.Delete(cctx, "a"), context.Canceled)
+	_, err := mc.GetMulti(cctx, []string{"a"})
+	require.ErrorIs(t, err, context.Canceled)
+}

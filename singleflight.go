@@ -1,0 +1,198 @@
+package cacheaside
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"hash/maphash"
+	"runtime/debug"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// A miss is loaded once per key in this process: every caller that misses
+// while a load of its key runs joins that load (golang.org/x/sync's
+// singleflight) and waits for it on its own context. The load itself runs
+// on a context detached from its callers' cancellation, bounded by the load
+// timeout. Two things keep a joined caller from being handed a value older
+// than a write it should see:
+//
+//   - Writes in this process move their key to a new generation before they
+//     delete it, and the generation is part of the flight's key: a read
+//     that starts after a local write never joins a load that began before
+//     it.
+//   - A load records the instant up to which its result is known fresh
+//     (when it found the value, or sent its fill). A caller that joined
+//     later than that, after a write in another process perhaps, does not
+//     take the result: it looks at the cache again (a rejoin).
+
+// result is the outcome of one shared load.
+type result[V any] struct {
+	leader *byte           // identifies the caller whose function ran
+	val    V               // the value, when err is nil
+	raw    json.RawMessage // its JSON encoding, when known
+	err    error
+	// fresh is an instant before which every write was already visible to
+	// the result: a caller that joined the flight before it may take the
+	// result, one that joined later may be owed a newer value.
+	fresh time.Time
+}
+
+// maxRejoins bounds how many times a caller that joined a flight too late
+// to trust its result looks again before it reads the source itself.
+const maxRejoins = 2
+
+// loadShared joins or leads the load of key for the key's current
+// generation and waits for it on ctx. useCache is false when the cache just
+// failed: the load then skips the cache (and, with leases, the fill).
+func (a *Aside[K, V]) loadShared(ctx context.Context, id K, key string, useCache bool) (*V, error) {
+	start := time.Now()
+	for attempt := 0; ; attempt++ {
+		s, gen := a.gens.of(key)
+		tag := new(byte)
+		ch := a.sf.DoChan(key+"\x00"+strconv.FormatUint(gen, 36), func() (any, error) {
+			return a.lead(ctx, id, fill{key: key, s: s, gen: gen}, tag, useCache), nil
+		})
+		if a.onJoin != nil {
+			a.onJoin(key)
+		}
+		var r *result[V]
+		select {
+		case <-ctx.Done():
+			a.m.misses.Add(1)
+			return nil, ctx.Err()
+		case c := <-ch:
+			r = c.Val.(*result[V])
+		}
+		leader := r.leader == tag
+		if !leader && !start.Before(r.fresh) && (r.err == nil || errors.Is(r.err, a.notFound)) {
+			a.m.rejoins.Add(1)
+			if attempt == maxRejoins {
+				return a.loadAlone(ctx, id, key)
+			}
+			if useCache {
+				switch v, _, st, err := a.lookup(ctx, key); {
+				case err != nil:
+					a.m.misses.Add(1)
+					return nil, err
+				case st == stHit:
+					a.m.hits.Add(1)
+					return v, nil
+				case st == stAbsent:
+					a.m.hits.Add(1)
+					return nil, a.notFound
+				}
+			}
+			continue
+		}
+		if leader {
+			a.m.misses.Add(1)
+		} else {
+			a.m.shared.Add(1)
+		}
+		if r.err != nil {
+			return nil, r.err
+		}
+		return a.copyOut(r.val, r.raw), nil
+	}
+}
+
+// loadAlone reads the source for one caller, on its own context, and leaves
+// the cache alone.
+func (a *Aside[K, V]) loadAlone(ctx context.Context, id K, key string) (*V, error) {
+	a.m.misses.Add(1)
+	r := &result[V]{}
+	ctx, cancel := context.WithTimeout(ctx, a.o.loadTimeout)
+	defer cancel()
+	a.loadInto(ctx, id, fill{key: key}, r)
+	if r.err != nil {
+		return nil, r.err
+	}
+	return &r.val, nil
+}
+
+// lead runs one shared load, on a context detached from the caller's, and
+// turns a panic into a PanicError for every waiter, so the key is always
+// freed. f says where the load stores what it reads; its mode is set here.
+//
+// With a Leaser it takes a lease on the key, or waits for the holder of
+// another one (see leaseLoad). Without one it looks at the cache again,
+// loads, and fills unless a write in this process intervened.
+func (a *Aside[K, V]) lead(parent context.Context, id K, f fill, tag *byte, useCache bool) (r *result[V]) {
+	r = &result[V]{leader: tag}
+	defer func() {
+		if p := recover(); p != nil {
+			a.m.dbErrs.Add(1)
+			r.err = &PanicError{Value: p, Stack: debug.Stack()}
+			a.log.ErrorContext(parent, "cacheaside: loader panicked", "key", f.key, "panic", p)
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(parent), a.o.loadTimeout)
+	defer cancel()
+
+	switch {
+	case a.leaser != nil && useCache:
+		a.leaseLoad(ctx, id, f, r)
+	case a.leaser != nil:
+		// The cache just failed: read the source, leave the cache alone.
+		a.loadInto(ctx, id, f, r)
+	default:
+		// Single flight only merges calls that overlap: a flight that ended
+		// just before this one may already have filled the key.
+		if useCache {
+			at := time.Now()
+			switch v, raw, st, _ := a.lookup(ctx, f.key); st {
+			case stHit:
+				r.val, r.raw, r.fresh = *v, raw, at
+				return r
+			case stAbsent:
+				r.err, r.fresh = a.notFound, at
+				return r
+			}
+		}
+		f.mode = fillSet
+		a.loadInto(ctx, id, f, r)
+	}
+	return r
+}
+
+// generations order fills against invalidations within this process. Keys
+// share numStripes counters; two keys in one stripe only cost each other an
+// extra load or a skipped fill.
+// The zero value is not usable: init sets the seed.
+type generations struct {
+	seed    maphash.Seed
+	stripes [numStripes]stripe
+}
+
+// numStripes is how many generation counters the keys share.
+const numStripes = 256
+
+// stripe orders fills against invalidations for the keys that hash to it.
+// A write bumps gen under mu held exclusively; a fill holds mu shared and
+// writes only if gen has not moved since its load began. So once a write's
+// bump is done, no fill of a value loaded before it can land, and any fill
+// that landed before the bump is removed by the write's delete.
+type stripe struct {
+	mu  sync.RWMutex  // held shared by fills, exclusively to bump gen
+	gen atomic.Uint64 // bumped by every invalidation of a key in the stripe
+	_   [32]byte      // pad the 32 bytes above to a 64-byte cache line
+}
+
+func (g *generations) init() { g.seed = maphash.MakeSeed() }
+
+// of returns key's stripe and its current generation.
+func (g *generations) of(key string) (*stripe, uint64) {
+	s := &g.stripes[maphash.String(g.seed, key)%numStripes]
+	return s, s.gen.Load()
+}
+
+// bump moves key to a new generation.
+func (g *generations) bump(key string) {
+	s, _ := g.of(key)
+	s.mu.Lock()
+	s.gen.Add(1)
+	s.mu.Unlock()
+}
