@@ -3,8 +3,12 @@
 // fleet, invalidating writes that no in-flight load in any process can undo,
 // negative caching, and reads that keep working when the cache fails.
 //
-// Wire a [UserService] to a [UserRepository] (your database) and a
-// [CacheClient] (see [NewRedisCache] and [NewMemoryCache]):
+// In the cache-aside pattern the application owns both stores. A read tries
+// the cache first and, on a miss, reads the database and stores what it read
+// in the cache for the next reader. A write goes to the database first and
+// then deletes the cached copy. Wire a [UserService] to a [UserRepository]
+// (your database) and a [CacheClient] (see [NewRedisCache] and
+// [NewMemoryCache]):
 //
 //	rdb := redis.NewClient(&redis.Options{Addr: "localhost:6379"})
 //	svc := cacheaside.NewUserService(repo, cacheaside.NewRedisCache(rdb))
@@ -81,6 +85,14 @@
 // without leases from writing the old row back. Across processes that share
 // a cache, that is the leases' work (see above).
 //
+// # Errors and options
+//
+// Errors wrap this package's sentinels and the repository's own causes, so
+// errors.Is works on both; each says "cacheaside:" once, followed by what
+// the service was doing and what the layer beneath it reported. An option
+// given a value out of its range (a TTL of zero, a jitter of 1, a nil
+// logger) panics at once with a message that names it.
+//
 // # Distributed lock
 //
 // [RedisCache.AcquireLock] returns a [DistributedLock] for jobs that one
@@ -106,16 +118,41 @@
 //
 // All methods are safe for concurrent use, and there is nothing to close.
 // The service keeps no background goroutine (a held DistributedLock keeps
-// one, until Release): each shared load runs on a
-// goroutine of its own (singleflight's DoChan) that ends when the load
-// returns, which [WithLoadTimeout] bounds for a repository that honours its
-// context; batch lookups run on goroutines that end before
-// [UserService.GetUsersBatch] returns. Every returned *User is the caller's
-// own copy.
+// one, until Release): each shared load runs on a goroutine of its own
+// (singleflight's DoChan) that ends when the load returns, which
+// [WithLoadTimeout] bounds for a repository that honours its context; batch
+// lookups run on goroutines that end before [UserService.GetUsersBatch]
+// returns. Every returned *User is the caller's own copy.
 //
 // # Other entities
 //
 // [Aside] is the same engine for any ID and value type, for caching products,
 // sessions or anything else with its own namespace and TTL (see
-// [NewAside]).
+// [NewAside]). It knows nothing of users: [UserService] is a thin client of
+// it that validates users and names their keys.
 package cacheaside
+
+// How the source is laid out, one concept per file, each with its test:
+//
+//	aside.go         the engine's public surface: Aside, Get, Invalidate
+//	entry.go         what a cache key holds and how a lookup reads it
+//	singleflight.go  shared loads, write generations, late joiners
+//	fill.go          a load and the fill that stores its result
+//	lease.go         the lease protocol: one load per key per fleet
+//	batch.go         GetMany: multi-get, batch loads, batch leases
+//	options.go       Option and UserOption
+//	errors.go        sentinels and how errors are worded
+//	metrics.go       counters and the ServiceMetrics snapshot
+//	cache.go         CacheClient and its optional upgrades
+//	cacheaside.go    UserService, the user layer over the engine
+//	user.go          User, UserRepository, keys and validation
+//	memorycache.go, rediscache.go, lock.go, memoryrepo.go, sqlrepo.go:
+//	                 one file per adapter; the mechanism (Redis commands
+//	                 and scripts, the byte store) lives under internal/.
+//
+// The features still to come each get a file of their own beside these: a
+// circuit breaker and time box around every cache call, fail-safe serving
+// of expired entries, an in-process tier with its invalidation bus, a
+// fleet-wide Bloom filter, warming, early refresh; metrics export lives in
+// a module of its own, like bench/, so that its dependencies reach only
+// those who import it.

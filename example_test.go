@@ -299,7 +299,8 @@ func ExampleNewSQLRepository() {
 	ctx := context.Background()
 	// Any database/sql driver: here the pure-Go SQLite (import _
 	// "modernc.org/sqlite"); for PostgreSQL, pgx's stdlib ("pgx") with
-	// cacheaside.PostgreSQL.
+	// cacheaside.PostgreSQL. A file, not ":memory:": database/sql pools
+	// connections, and each would get an empty in-memory database of its own.
 	dir, _ := os.MkdirTemp("", "example")
 	defer os.RemoveAll(dir)
 	db, err := sql.Open("sqlite", filepath.Join(dir, "users.db"))

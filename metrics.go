@@ -61,13 +61,16 @@ type ServiceMetrics struct {
 
 	// HitRate is CacheHits / TotalRequests, from 0 to 1.
 	HitRate float64
-	// MissRate is (CacheMisses + SharedLoads) / TotalRequests, from 0 to 1.
+	// MissRate is (CacheMisses + SharedLoads) / TotalRequests, from 0 to 1:
+	// every read the cache did not answer, whether it read the repository
+	// itself or waited for another caller's read. DatabaseLoads says how
+	// many repository reads those misses cost.
 	MissRate float64
 
-	// AvgResponseTime is the seed's exponential moving average of GetUser's
-	// response time (each new sample weighs 0.1).
+	// AvgResponseTime is an exponential moving average of the response time
+	// of reads (each new sample weighs 0.1).
 	AvgResponseTime time.Duration
-	// P50ResponseTime and P99ResponseTime are GetUser response-time
+	// P50ResponseTime and P99ResponseTime are read response-time
 	// percentiles since the service started, accurate to within 12.5%.
 	P50ResponseTime time.Duration
 	P99ResponseTime time.Duration

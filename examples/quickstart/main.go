@@ -1,5 +1,4 @@
-// Command quickstart tells the seed's cache-aside story on embedded
-// defaults: an in-memory user table that answers in about 20 ms, like a
+// Command quickstart tells the cache-aside story on embedded defaults: an in-memory user table that answers in about 20 ms, like a
 // loaded database, behind an in-process Redis (miniredis). Pass -redis to
 // use a real redis-server instead.
 //
@@ -142,13 +141,14 @@ func run(w io.Writer, addr string, latency time.Duration) error {
 
 	m := svc.GetMetrics()
 	fmt.Fprintln(w, "metrics:")
-	fmt.Fprintf(w, "  requests %d  hits %d  misses %d  shared loads %d  database loads %d\n",
-		m.TotalRequests, m.CacheHits, m.CacheMisses, m.SharedLoads, m.DatabaseLoads)
-	fmt.Fprintf(w, "  hit rate %.2f%%  miss rate %.2f%%\n", m.HitRate*100, m.MissRate*100)
-	fmt.Fprintf(w, "  response time: avg %v  p50 %v  p99 %v;  mean database load %v\n",
+	fmt.Fprintf(w, "  %d reads: %d answered by the cache (hit rate %.2f%%), %d missed it (%.2f%%)\n",
+		m.TotalRequests, m.CacheHits, m.HitRate*100, m.CacheMisses+m.SharedLoads, m.MissRate*100)
+	fmt.Fprintf(w, "  of the %d misses, %d read the database and %d waited for one of those reads: %d database queries in all\n",
+		m.CacheMisses+m.SharedLoads, m.CacheMisses, m.SharedLoads, m.DatabaseLoads)
+	fmt.Fprintf(w, "  response time: avg %v  p50 %v  p99 %v;  a database read took %v on average\n",
 		m.AvgResponseTime.Round(time.Microsecond), m.P50ResponseTime.Round(time.Microsecond),
 		m.P99ResponseTime.Round(time.Microsecond), m.LoadTime.Round(time.Microsecond))
-	fmt.Fprintf(w, "  errors: cache %d  cache write %d  invalidation %d  database %d  decode %d\n",
+	fmt.Fprintf(w, "  errors: cache reads %d  cache fills %d  invalidations %d  database %d  undecodable entries %d\n",
 		m.CacheErrors, m.CacheWriteErrors, m.CacheInvalidationErrors, m.DatabaseErrors, m.DecodeErrors)
 	return nil
 }
