@@ -191,3 +191,17 @@ func seedUser(t testing.TB, repo UserRepository, name string) *User {
 	}
 	return u
 }
+
+// getAsync reads user id through svc on a goroutine of its own and
+// delivers what it read; a failed read fails the test.
+func getAsync(t *testing.T, svc *UserService, id int) <-chan *User {
+	ch := make(chan *User, 1)
+	go func() {
+		got, err := svc.GetUser(context.Background(), id)
+		if err != nil {
+			t.Errorf("GetUser(%d): %v", id, err)
+		}
+		ch <- got
+	}()
+	return ch
+}

@@ -85,14 +85,7 @@ func TestLease_StaleFillAcrossInstances(t *testing.T) {
 		key := userCacheKey(u.ID)
 
 		entered, release := holdFirstRead(repo)
-		stale := make(chan *User, 1)
-		go func() {
-			got, err := reader.GetUser(ctx, u.ID)
-			if err != nil {
-				t.Errorf("reader: %v", err)
-			}
-			stale <- got
-		}()
+		stale := getAsync(t, reader, u.ID)
 		<-entered // the reader has the old row in hand
 		raw, ok := b.raw(key)
 		require.True(t, ok)

@@ -153,14 +153,7 @@ func TestSingleFlight_ReadAfterWrite(t *testing.T) {
 		svc := NewUserService(repo, b.cache)
 
 		entered, release := holdFirstRead(repo) // hold only the first, stale reader
-		stale := make(chan *User, 1)
-		go func() {
-			got, err := svc.GetUser(ctx, u.ID)
-			if err != nil {
-				t.Errorf("stale reader: %v", err)
-			}
-			stale <- got
-		}()
+		stale := getAsync(t, svc, u.ID)
 		<-entered // the reader holds the old row
 
 		require.NoError(t, svc.UpdateUser(ctx, &User{ID: u.ID, Name: "new", Email: u.Email}))
@@ -269,26 +262,12 @@ func TestSingleFlight_LateJoinerLooksAgain(t *testing.T) {
 		reader.users.onJoin = func(string) { joined <- struct{}{} }
 		entered, release := holdFirstRead(repo)
 
-		first := make(chan *User, 1)
-		go func() {
-			got, err := reader.GetUser(ctx, u.ID)
-			if err != nil {
-				t.Errorf("first reader: %v", err)
-			}
-			first <- got
-		}()
+		first := getAsync(t, reader, u.ID)
 		<-entered // the flight holds the old row
 		<-joined
 		require.NoError(t, writer.UpdateUser(ctx, &User{ID: u.ID, Name: "new", Email: u.Email}))
 
-		late := make(chan *User, 1)
-		go func() {
-			got, err := reader.GetUser(ctx, u.ID)
-			if err != nil {
-				t.Errorf("late reader: %v", err)
-			}
-			late <- got
-		}()
+		late := getAsync(t, reader, u.ID)
 		<-joined // the late reader waits on the old flight
 		close(release)
 		require.Equal(t, "old", (<-first).Name, "the flight's leader overlapped the write")
