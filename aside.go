@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"time"
 
 	"golang.org/x/sync/singleflight"
@@ -21,26 +20,32 @@ type LoadFunc[K comparable, V any] func(ctx context.Context, id K) (*V, error)
 // UserService is a thin client of it for users; NewAside caches any other
 // entity the same way.
 //
-// Its methods are safe for concurrent use. The only goroutines it starts
-// run shared loads: each ends when its load returns, which the load timeout
-// bounds for a loader that honours its context.
+// Its methods are safe for concurrent use. The goroutines it starts run
+// shared loads, each ending when its load returns (which the load timeout
+// bounds for a loader that honours its context), cache calls that outlive
+// their time box, each ending when the client gives up by its own timeouts,
+// and the retries of failed invalidations, which end when the last one
+// lands or Close is called.
 type Aside[K comparable, V any] struct {
-	cache  CacheClient
-	multi  MultiGetter // nil when cache does not implement it
-	leaser Leaser      // nil when cache does not implement it
-	sizer  Sizer       // nil when cache does not implement it
+	g     *guard       // every cache call goes through it
+	sizer Sizer        // nil when the cache does not implement it
+	rb    *repoBreaker // every repository read goes through it
 
 	key      func(K) string
 	load     LoadFunc[K, V]
 	loadMany func(ctx context.Context, ids []K) ([]*V, error) // nil: load one by one
 	notFound error                                            // returned for missing values; matches ErrNotFound
 	shallow  bool                                             // a value copy of V is a deep copy
+	idOf     func(*V) K                                       // nil: values do not say their ID
+	landed   func(seqs []int64)                               // told when outbox records' keys are deleted
 
 	o   options
 	log *slog.Logger
 
 	sf     singleflight.Group
 	gens   generations
+	inv    pending
+	bg     background
 	onJoin func(key string) // tests: called once a caller waits on a flight
 	m      counters
 }
@@ -48,13 +53,18 @@ type Aside[K comparable, V any] struct {
 // NewAside returns an engine that caches values of type V under
 // "<namespace>:<id>" and loads misses with load. With no options it caches
 // values for DefaultTTL (less up to 10% jitter), caches "not found" for
-// DefaultNegativeTTL and bounds each shared load by DefaultLoadTimeout. A
-// nil cache caches nothing; a nil load makes every read fail with
-// ErrNotConfigured.
+// DefaultNegativeTTL, bounds each shared load by DefaultLoadTimeout and each
+// cache call by DefaultCacheTimeout. A nil cache caches nothing; a nil load
+// makes every read fail with ErrNotConfigured. String IDs are escaped in
+// keys: "%", ":", "{" and "}" become "%25", "%3A", "%7B" and "%7D".
+//
+// It panics if namespace is empty or "cacheaside", which the library keeps
+// for itself, or if an option's value is bad (see Option).
 //
 // Each caller gets its own copy of a shared value, made by decoding its JSON
 // encoding, so V may hold slices and maps safely.
 func NewAside[K comparable, V any](cache CacheClient, namespace string, load LoadFunc[K, V], opts ...Option) *Aside[K, V] {
+	checkNamespace(namespace)
 	prefix := namespace + ":"
 	return newAside(cache, func(id K) string { return prefix + formatID(id) }, load, ErrNotFound, newOptions(DefaultTTL, opts))
 }
@@ -64,32 +74,17 @@ func newAside[K comparable, V any](cache CacheClient, key func(K) string, load L
 		cache = noCache{}
 	}
 	a := &Aside[K, V]{
-		cache:    cache,
 		key:      key,
 		load:     load,
 		notFound: notFound,
 		o:        o,
 		log:      o.logger,
 	}
-	a.gens.init()
-	a.multi, _ = cache.(MultiGetter)
-	a.leaser, _ = cache.(Leaser)
+	a.g = newGuard(cache, o, &a.m)
+	a.rb = newRepoBreaker(o, &a.m)
 	a.sizer, _ = cache.(Sizer)
+	a.gens.init()
 	return a
-}
-
-// formatID renders an ID for a cache key without fmt on the common types.
-func formatID[K comparable](id K) string {
-	switch v := any(id).(type) {
-	case int:
-		return strconv.Itoa(v)
-	case int64:
-		return strconv.FormatInt(v, 10)
-	case string:
-		return v
-	default:
-		return fmt.Sprint(v)
-	}
 }
 
 // Key returns the cache key of id.
@@ -112,7 +107,9 @@ func (a *Aside[K, V]) ready() error {
 // UserService) and cached for the negative TTL. A cache failure is never
 // returned: the read falls back to the loader. If ctx ends while the caller
 // waits, Get returns ctx.Err() at once and the load goes on for the others.
-// The returned value is the caller's own copy.
+// A load refused by the repository's circuit breaker fails with an error
+// that matches ErrRepositoryUnavailable, unless fail-safe answers it. The
+// returned value is the caller's own copy.
 func (a *Aside[K, V]) Get(ctx context.Context, id K) (*V, error) {
 	if err := a.ready(); err != nil {
 		return nil, err
@@ -125,7 +122,12 @@ func (a *Aside[K, V]) Get(ctx context.Context, id K) (*V, error) {
 
 func (a *Aside[K, V]) get(ctx context.Context, id K, key string) (*V, error) {
 	a.m.requests.Add(1)
-	v, _, st, err := a.lookup(ctx, key)
+	if a.isPending(key) {
+		// This process's own write to key has not reached the cache yet.
+		return a.loadShared(ctx, id, key, false, stale[V]{})
+	}
+	at := time.Now()
+	v, raw, st, err := a.lookup(ctx, id, key)
 	if err != nil {
 		a.m.misses.Add(1)
 		return nil, err
@@ -137,8 +139,10 @@ func (a *Aside[K, V]) get(ctx context.Context, id K, key string) (*V, error) {
 	case stAbsent:
 		a.m.hits.Add(1)
 		return nil, a.notFound
+	case stStale:
+		return a.loadShared(ctx, id, key, true, stale[V]{v: v, raw: raw, at: at})
 	}
-	return a.loadShared(ctx, id, key, st == stMiss)
+	return a.loadShared(ctx, id, key, st == stMiss, stale[V]{})
 }
 
 // Invalidate removes the cached value of id and the given related keys. Call
@@ -148,25 +152,54 @@ func (a *Aside[K, V]) get(ctx context.Context, id K, key string) (*V, error) {
 // before it was called, and a load in flight during the call, in any
 // process, does not fill the cache (with a cache that implements Leaser;
 // without one, in this process only; see the package documentation). The
-// delete runs on a context detached from ctx's cancellation, bounded by the
-// load timeout, so a caller that goes away after its write still clears the
-// cache. A failed delete is counted, logged and returned.
+// delete is bounded by the cache time box. A delete that fails is counted,
+// logged and returned, and retried until it lands; meanwhile this process
+// reads id from the repository. Related keys in the library's own
+// namespace ("cacheaside:...") are never deleted.
 func (a *Aside[K, V]) Invalidate(ctx context.Context, id K, related ...string) error {
-	return a.invalidate(ctx, a.key(id), related)
+	return a.invalidate(ctx, a.key(id), related, nil)
 }
 
-func (a *Aside[K, V]) invalidate(ctx context.Context, key string, related []string) error {
+// invalidate deletes key and related, and tells a.landed about seqs once
+// key's delete has landed.
+func (a *Aside[K, V]) invalidate(ctx context.Context, key string, related []string, seqs []int64) error {
 	a.gens.bump(key)
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.o.loadTimeout)
-	defer cancel()
 	keys := make([]string, 0, 1+len(related))
 	keys = append(keys, key)
-	keys = append(keys, related...)
-	if err := a.cache.Delete(ctx, keys...); err != nil {
+	for _, k := range related {
+		if isReserved(k) {
+			a.log.ErrorContext(ctx, "cacheaside: a related key in the library's own namespace is never deleted", "key", k)
+			continue
+		}
+		keys = append(keys, k)
+	}
+	failed, err := a.g.del(context.WithoutCancel(ctx), keys)
+	if len(failed) > 0 {
 		a.m.invalErrs.Add(1)
-		a.log.ErrorContext(ctx, "cacheaside: cache invalidation failed", "keys", keys, "err", err)
+		a.log.ErrorContext(ctx, "cacheaside: cache invalidation failed; retrying until it lands", "keys", failed, "err", err)
+		if failed[0] != key {
+			a.landedNow(seqs)
+			seqs = nil
+		}
+		a.queue(failed, seqs)
 		return wrapErr("invalidate "+key, err)
 	}
+	a.landedNow(seqs)
+	return nil
+}
+
+func (a *Aside[K, V]) landedNow(seqs []int64) {
+	if len(seqs) > 0 && a.landed != nil {
+		a.landed(seqs)
+	}
+}
+
+// Close stops the engine's background work: it makes one last attempt at
+// the invalidations still waiting for the cache, and logs those that did
+// not land. The engine keeps serving reads and writes after Close, but a
+// delete that fails is then no longer retried.
+func (a *Aside[K, V]) Close() error {
+	a.bg.close()
 	return nil
 }
 
@@ -176,7 +209,10 @@ func (a *Aside[K, V]) Metrics() ServiceMetrics {
 	if a.sizer != nil {
 		size = a.sizer.Len()
 	}
-	return a.m.snapshot(size)
+	m := a.m.snapshot(size)
+	m.PendingInvalidations = a.inv.n.Load()
+	m.CacheShardsUnavailable = a.g.open.Load()
+	return m
 }
 
 // cacheFailed counts and logs a cache read that failed; the caller falls
@@ -186,23 +222,18 @@ func (a *Aside[K, V]) cacheFailed(ctx context.Context, what any, err error) {
 	a.log.WarnContext(ctx, "cacheaside: cache error, falling back to the repository", "key", what, "err", err)
 }
 
-// copyOut returns the caller's own copy of a shared value: decoded afresh
-// from its encoding, unless a value copy of V is already a deep one.
-func (a *Aside[K, V]) copyOut(v V, raw json.RawMessage) *V {
-	if !a.shallow && raw != nil {
-		c := new(V)
-		if json.Unmarshal(raw, c) == nil {
-			return c
+// copyOut returns the caller's own copy of a shared value: a value copy
+// when that is a deep one, a copy through its JSON encoding otherwise.
+func (a *Aside[K, V]) copyOut(v *V) *V {
+	c := *v
+	if a.shallow {
+		return &c
+	}
+	if raw, err := json.Marshal(v); err == nil {
+		d := new(V)
+		if json.Unmarshal(raw, d) == nil {
+			return d
 		}
 	}
-	return &v
-}
-
-// clone returns a copy of *v that shares nothing with it.
-func (a *Aside[K, V]) clone(v *V) *V {
-	var raw json.RawMessage
-	if !a.shallow {
-		raw, _ = json.Marshal(v)
-	}
-	return a.copyOut(*v, raw)
+	return &c
 }

@@ -94,27 +94,6 @@ func TestAside_NilLoaderAndNilLoadResult(t *testing.T) {
 	require.ErrorIs(t, err, ErrNotFound, "(nil, nil) from a loader means not found")
 }
 
-func TestAside_FormatID(t *testing.T) {
-	type sku struct{ A, B int }
-	tests := []struct {
-		name string
-		got  string
-		want string
-	}{
-		{"int", formatID(42), "42"},
-		{"int64", formatID(int64(-7)), "-7"},
-		{"string", formatID("a:b"), "a:b"},
-		{"struct", formatID(sku{1, 2}), "{1 2}"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if tt.got != tt.want {
-				t.Fatalf("formatID = %q, want %q", tt.got, tt.want)
-			}
-		})
-	}
-}
-
 func TestUserService_CacheFailureFallsBackToDB(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
 		ctx := context.Background()

@@ -2,7 +2,6 @@ package cacheaside
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"runtime/debug"
@@ -12,12 +11,13 @@ import (
 )
 
 // GetMany returns the values with the given IDs, aligned with ids, with nil
-// for IDs that have no value. Hits come from one MultiGetter round trip when
-// the cache implements it; misses are loaded once each through the same
-// shared loads as Get, or with one batch read when the source offers one.
-// A batch read takes a lease on each key it loads, like a single load, and
-// waits for keys that another load holds a lease on instead of reading them
-// (it is not merged with single loads of this process that hold none yet).
+// for IDs that have no value. Hits come from one MultiGetter round trip
+// (one per shard on a sharded cache) when the cache implements it; misses
+// are loaded once each through the same shared loads as Get, or with one
+// batch read when the source offers one. A batch read takes a lease on each
+// key it loads, like a single load, and waits for keys that another load
+// holds a lease on instead of reading them (it is not merged with single
+// loads of this process that hold none yet).
 //
 // The error is nil unless a lookup or load failed for a reason other than
 // "not found"; it then says how many failed and wraps each cause, and the
@@ -36,6 +36,7 @@ func (a *Aside[K, V]) GetMany(ctx context.Context, ids []K) ([]*V, error) {
 		keys:   make([]string, len(uniq)),
 		vals:   make([]*V, len(uniq)),
 		states: make([]state, len(uniq)),
+		stale:  make([]stale[V], len(uniq)),
 	}
 	for i, id := range uniq {
 		b.keys[i] = a.key(id)
@@ -59,7 +60,7 @@ func (a *Aside[K, V]) GetMany(ctx context.Context, ids []K) ([]*V, error) {
 			continue
 		}
 		if used[j] { // a repeated ID gets its own copy
-			v = a.clone(v)
+			v = a.copyOut(v)
 		}
 		used[j] = true
 		out[i] = v
@@ -76,6 +77,7 @@ type batch[K comparable, V any] struct {
 	keys   []string
 	vals   []*V
 	states []state
+	stale  []stale[V] // values past their expiry, for fail-safe
 	// failed counts the IDs that could not be read; causes says why (one
 	// failed batch read is one cause for all of its IDs).
 	failed int
@@ -101,33 +103,54 @@ func dedupe[K comparable](ids []K) (uniq []K, pos []int) {
 }
 
 // lookupMany fills b.vals with the hits, counts them, and returns the
-// indexes of the misses.
+// indexes of the misses. Keys whose own write is still waiting for the
+// cache are not read from it.
 func (a *Aside[K, V]) lookupMany(ctx context.Context, b *batch[K, V]) []int {
-	if a.multi != nil {
-		raws, err := a.multi.GetMulti(ctx, b.keys)
-		if err == nil && len(raws) != len(b.keys) {
-			err = fmt.Errorf("GetMulti returned %d values for %d keys", len(raws), len(b.keys))
+	var ask []int // the keys to read from the cache
+	for i, k := range b.keys {
+		if a.isPending(k) {
+			b.states[i] = stFailed
+		} else {
+			ask = append(ask, i)
 		}
-		switch {
-		case err == nil:
-			for i, raw := range raws {
-				if raw != nil {
-					b.vals[i], b.states[i] = a.decode(ctx, b.keys[i], raw, true)
+	}
+	at := time.Now()
+	if a.g.multi != nil && len(ask) > 0 {
+		keys := make([]string, len(ask))
+		for n, i := range ask {
+			keys[n] = b.keys[i]
+		}
+		raws, errs := a.g.getMulti(ctx, keys)
+		var failed error
+		for n, i := range ask {
+			switch {
+			case errs[n] != nil:
+				b.states[i], failed = stFailed, errs[n]
+			case raws[n] != nil:
+				v, st := a.decode(ctx, b.ids[i], b.keys[i], raws[n], true)
+				if st == stStale {
+					b.stale[i] = stale[V]{v: v, raw: raws[n], at: at}
+				} else {
+					b.vals[i] = v
 				}
+				b.states[i] = st
 			}
-		case ctx.Err() != nil:
-		default:
-			for i := range b.states {
-				b.states[i] = stFailed
-			}
-			a.cacheFailed(ctx, len(b.keys), err)
+		}
+		if failed != nil && ctx.Err() == nil {
+			a.cacheFailed(ctx, len(keys), failed)
 		}
 	} else {
 		g := new(errgroup.Group)
 		g.SetLimit(a.o.batchConc)
-		for i, k := range b.keys {
+		for _, i := range ask {
 			g.Go(func() error {
-				b.vals[i], _, b.states[i], _ = a.lookup(ctx, k)
+				v, raw, st, _ := a.lookup(ctx, b.ids[i], b.keys[i])
+				if st == stStale {
+					b.stale[i] = stale[V]{v: v, raw: raw, at: at}
+				} else {
+					b.vals[i] = v
+				}
+				b.states[i] = st
 				return nil
 			})
 		}
@@ -135,10 +158,10 @@ func (a *Aside[K, V]) lookupMany(ctx context.Context, b *batch[K, V]) []int {
 	}
 	var missing []int
 	for i, st := range b.states {
-		if st == stMiss || st == stFailed {
-			missing = append(missing, i)
-		} else {
+		if st == stHit || st == stAbsent {
 			a.m.hits.Add(1)
+		} else {
+			missing = append(missing, i)
 		}
 	}
 	return missing
@@ -155,7 +178,7 @@ func (a *Aside[K, V]) loadEach(ctx context.Context, b *batch[K, V], missing []in
 	g.SetLimit(a.o.batchConc)
 	for _, j := range missing {
 		g.Go(func() error {
-			v, err := a.loadShared(ctx, b.ids[j], b.keys[j], b.states[j] != stFailed)
+			v, err := a.loadShared(ctx, b.ids[j], b.keys[j], b.states[j] != stFailed, b.stale[j])
 			if err != nil && !errors.Is(err, a.notFound) {
 				errs[j] = err
 			}
@@ -185,8 +208,11 @@ func (a *Aside[K, V]) loadBatch(ctx context.Context, b *batch[K, V], missing []i
 	for n, j := range missing {
 		s, gen := a.gens.of(b.keys[j])
 		fills[n] = fill{key: b.keys[j], mode: fillSet, s: s, gen: gen}
+		if b.states[j] == stFailed { // the cache failed or must not be read
+			fills[n].mode = fillNone
+		}
 	}
-	if a.leaser != nil {
+	if a.g.leaser != nil {
 		missing, fills, rest = a.leaseBatch(ctx, b, missing, fills)
 	}
 	if len(missing) == 0 {
@@ -198,59 +224,62 @@ func (a *Aside[K, V]) loadBatch(ctx context.Context, b *batch[K, V], missing []i
 	for n, j := range missing {
 		ids[n] = b.ids[j]
 	}
-	start := time.Now()
-	got, err := a.safeLoadMany(ctx, ids)
-	a.m.recordLoad(time.Since(start))
-	if err == nil && len(got) != len(ids) {
-		err = fmt.Errorf("batch loader returned %d values for %d ids", len(got), len(ids))
-	}
-	if err != nil {
-		a.m.dbErrs.Add(1)
-		for _, f := range fills {
-			a.release(ctx, f)
+	var got []*V
+	err := a.callRepo(ctx, func() (err error) {
+		got, err = a.safeLoadMany(ctx, ids)
+		if err == nil && len(got) != len(ids) {
+			err = fmt.Errorf("batch loader returned %d values for %d ids", len(got), len(ids))
 		}
-		b.failed += len(ids)
-		b.causes = append(b.causes, wrapErr(fmt.Sprintf("batch load of %d keys", len(ids)), err))
+		return err
+	})
+	if err != nil {
+		a.failBatch(ctx, b, missing, fills, err)
 		return rest
 	}
 	for n, j := range missing {
-		v := got[n]
-		if v == nil {
-			a.storeAbsent(ctx, fills[n])
-			continue
-		}
-		b.vals[j] = v
-		if raw, err := json.Marshal(v); err == nil {
-			a.store(ctx, fills[n], raw, a.o.ttl)
+		if v := got[n]; v != nil {
+			b.vals[j] = v
+			a.storeValue(ctx, fills[n], v)
 		} else {
-			a.release(ctx, fills[n])
+			a.storeAbsent(ctx, fills[n])
 		}
 	}
 	return rest
+}
+
+// failBatch answers the keys of a failed batch read with their stale
+// values where fail-safe has them, and counts the others as failed.
+func (a *Aside[K, V]) failBatch(ctx context.Context, b *batch[K, V], missing []int, fills []fill, err error) {
+	failed := 0
+	for n, j := range missing {
+		r := &result[V]{stale: b.stale[j]}
+		if a.failSafe(ctx, fills[n].key, r, err) {
+			b.vals[j] = &r.val
+		} else {
+			failed++
+		}
+		a.release(ctx, fills[n])
+	}
+	if failed > 0 {
+		b.failed += failed
+		b.causes = append(b.causes, wrapErr(fmt.Sprintf("batch load of %d keys", len(missing)), err))
+	}
 }
 
 // leaseBatch takes a lease on each key to be loaded, concurrently. It
 // returns the keys to load with the fill of each, and the keys under
 // another caller's lease; keys found to hold a value are served from it.
 func (a *Aside[K, V]) leaseBatch(ctx context.Context, b *batch[K, V], missing []int, fills []fill) (load []int, loadFills []fill, foreign []int) {
-	type attempt struct {
-		out  leaseOutcome
-		v    *V
-		held []byte
-		err  error
-	}
-	tries := make([]attempt, len(missing))
+	tries := make([]leaseTry[V], len(missing))
 	g := new(errgroup.Group)
 	g.SetLimit(a.o.batchConc)
 	for n, j := range missing {
-		if b.states[j] == stFailed { // the cache just failed: leave it alone
-			fills[n].mode = fillNone
+		if fills[n].mode == fillNone {
 			continue
 		}
 		fills[n].mode, fills[n].expect = fillSwap, newLease()
 		g.Go(func() error {
-			t := &tries[n]
-			t.out, t.v, t.held, t.err = a.takeLease(ctx, fills[n].key, fills[n].expect)
+			tries[n] = a.takeLease(ctx, b.ids[j], fills[n].key, fills[n].expect)
 			return nil
 		})
 	}
@@ -262,15 +291,17 @@ func (a *Aside[K, V]) leaseBatch(ctx context.Context, b *batch[K, V], missing []
 			case leaseFailed:
 				a.cacheFailed(ctx, f.key, t.err)
 				f.mode, f.expect = fillNone, nil
-			case leaseForeign:
+			case leaseForeign, leaseMoved:
 				foreign = append(foreign, j)
 				continue
 			case leaseValue:
 				b.vals[j] = t.v
 				a.m.hits.Add(1)
 				continue
-			case leaseBad:
-				f.expect = t.held // replace it if it is still there
+			case leaseTaken:
+				if t.stale.v != nil {
+					b.stale[j], f.restore = t.stale, t.stale.raw
+				}
 			}
 		}
 		load = append(load, j)

@@ -185,7 +185,7 @@ func missFixture(b *testing.B) (repo *SQLRepository, id int, miss func()) {
 	cleanupPrefix(b, rdb, prefix)
 	svc := NewUserService(repo, NewRedisCache(rdb, WithKeyPrefix(prefix)))
 	return repo, id, func() {
-		_ = svc.users.invalidate(ctx, userCacheKey(id), nil)
+		_ = svc.users.invalidate(ctx, userCacheKey(id), nil, nil)
 		if _, err := svc.GetUser(ctx, id); err != nil {
 			b.Fatal(err)
 		}

@@ -71,3 +71,4 @@ type noCache struct{}
 func (noCache) GetJSON(context.Context, string, any) error                { return ErrCacheMiss }
 func (noCache) SetJSON(context.Context, string, any, time.Duration) error { return nil }
 func (noCache) Delete(context.Context, ...string) error                   { return nil }
+func (noCache) inProcess()                                                {}

@@ -12,13 +12,14 @@ import (
 // then invalidate the user's keys. It is a thin client of an Aside: it
 // validates input, names the keys, and passes the rest through.
 //
-// It is safe for concurrent use and keeps no background goroutine, so it
-// needs no Close: the goroutine that runs a shared load ends with the load,
-// which WithLoadTimeout bounds.
+// It is safe for concurrent use. Call Close when done with it: it stops
+// the retries of invalidations that failed and the draining of an Outbox
+// repository, the only work it does in the background.
 type UserService struct {
 	db      UserRepository
 	users   *Aside[int, User]
 	related func(id int) []string // keys a write invalidates besides user:<id>
+	outbox  *outboxDrainer        // nil unless db implements Outbox
 }
 
 // NewUserService returns a service that reads users from cache before db.
@@ -31,7 +32,7 @@ type UserService struct {
 // a nil db every method returns an error wrapping ErrNotConfigured. Options
 // with a bad value panic (see Option).
 func NewUserService(db UserRepository, cache CacheClient, opts ...UserOption) *UserService {
-	uo := userOptions{options: defaultOptions(UserCacheTTL), related: defaultRelatedKeys}
+	uo := userOptions{options: defaultOptions(UserCacheTTL), related: defaultRelatedKeys, drain: DefaultOutboxDrain}
 	for _, opt := range opts {
 		opt.applyUser(&uo)
 	}
@@ -41,10 +42,17 @@ func NewUserService(db UserRepository, cache CacheClient, opts ...UserOption) *U
 	}
 	a := newAside(cache, userCacheKey, load, ErrUserNotFound, uo.options)
 	a.shallow = true // User holds no slices or maps: a value copy is a deep copy
+	a.idOf = func(u *User) int { return u.ID }
 	if b, ok := db.(BatchUserRepository); ok {
 		a.loadMany = b.GetUsers
 	}
-	return &UserService{db: db, users: a, related: uo.related}
+	s := &UserService{db: db, users: a, related: uo.related}
+	if box, ok := db.(Outbox); ok {
+		s.outbox = &outboxDrainer{box: box, every: uo.drain}
+		s.outbox.lock, _ = cache.(Locker)
+		a.landed = s.cleared
+	}
+	return s
 }
 
 // GetUser returns the user with the given ID, from the cache when it is
@@ -62,6 +70,7 @@ func (s *UserService) GetUser(ctx context.Context, userID int) (*User, error) {
 	if err := validateID(userID); err != nil {
 		return nil, err
 	}
+	s.maybeDrain()
 	return s.users.Get(ctx, userID)
 }
 
@@ -82,6 +91,7 @@ func (s *UserService) GetUsersBatch(ctx context.Context, userIDs []int) ([]*User
 			return nil, err
 		}
 	}
+	s.maybeDrain()
 	return s.users.GetMany(ctx, userIDs)
 }
 
@@ -97,7 +107,7 @@ func (s *UserService) CreateUser(ctx context.Context, user *User) error {
 	if err := validateUser(user, true); err != nil {
 		return err
 	}
-	return s.write(ctx, "create user", func() int { return user.ID }, func(db UserRepository) error {
+	return s.write(ctx, "create user", func() int { return user.ID }, func(ctx context.Context, db UserRepository) error {
 		return db.CreateUser(ctx, user)
 	})
 }
@@ -116,7 +126,7 @@ func (s *UserService) UpdateUser(ctx context.Context, user *User) error {
 		return err
 	}
 	id := user.ID
-	return s.write(ctx, "update user "+strconv.Itoa(id), func() int { return id }, func(db UserRepository) error {
+	return s.write(ctx, "update user "+strconv.Itoa(id), func() int { return id }, func(ctx context.Context, db UserRepository) error {
 		return db.UpdateUser(ctx, user)
 	})
 }
@@ -128,7 +138,7 @@ func (s *UserService) DeleteUser(ctx context.Context, userID int) error {
 	if err := validateID(userID); err != nil {
 		return err
 	}
-	return s.write(ctx, "delete user "+strconv.Itoa(userID), func() int { return userID }, func(db UserRepository) error {
+	return s.write(ctx, "delete user "+strconv.Itoa(userID), func() int { return userID }, func(ctx context.Context, db UserRepository) error {
 		return db.DeleteUser(ctx, userID)
 	})
 }
@@ -136,20 +146,43 @@ func (s *UserService) DeleteUser(ctx context.Context, userID int) error {
 // write runs one repository write, then invalidates the keys of the user
 // that id reports, failed write or not: a write that failed may still have
 // been applied, and an extra delete only costs a miss. A failed
-// invalidation is counted and logged by the engine and not returned: the
-// write's data is already durable.
-func (s *UserService) write(ctx context.Context, op string, id func() int, do func(UserRepository) error) error {
+// invalidation is counted, logged and retried by the engine, and not
+// returned: the write's data is already durable. With an Outbox, the
+// records the write made are cleared once its delete has landed.
+func (s *UserService) write(ctx context.Context, op string, id func() int, do func(ctx context.Context, db UserRepository) error) error {
 	if s.db == nil {
 		return fmt.Errorf("%w: nil UserRepository", ErrNotConfigured)
 	}
-	err := do(s.db)
+	s.maybeDrain()
+	wctx := ctx
+	var rec *recorder
+	if s.outbox != nil {
+		rec = new(recorder)
+		wctx = context.WithValue(ctx, recorderKey{}, rec)
+	}
+	err := do(wctx, s.db)
+	var seqs []int64
+	if rec != nil {
+		seqs = rec.take()
+	}
 	if id := id(); id > 0 {
-		_ = s.users.invalidate(ctx, userCacheKey(id), s.related(id))
+		_ = s.users.invalidate(ctx, userCacheKey(id), s.related(id), seqs)
+	} else if len(seqs) > 0 {
+		s.cleared(seqs)
 	}
 	if err != nil {
 		return wrapErr(op, err)
 	}
 	return nil
+}
+
+// Close stops the service's background work: the retries of
+// invalidations that failed (after one last attempt; those that still fail
+// are logged, and an Outbox repository keeps their records for a drain)
+// and the draining of an Outbox. It waits for that work to end. The
+// service keeps serving after Close, without retries or drains.
+func (s *UserService) Close() error {
+	return s.users.Close()
 }
 
 // GetMetrics returns a snapshot of the service's counters.

@@ -350,7 +350,7 @@ func TestConsistency_NoStaleReads(t *testing.T) {
 		svcs := make([]checkedService, cfg.instances)
 		for i := range svcs {
 			svcs[i] = NewUserService(repo, delayCache{c: ours.fork(t), maxDelay: cfg.cacheDelay},
-				WithRelatedKeys(nil))
+				WithRelatedKeys(nil), WithCacheTimeout(5*time.Second))
 		}
 		lib := runChecker(t, cfg, svcs)
 

@@ -5,34 +5,57 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"time"
 )
 
-// What a key in the cache holds, as the engine reads it: the JSON encoding
-// of a value; a marker for a cached "not found"; a lease (see lease.go); or
-// something else, which is treated as a miss and overwritten by the next
-// fill. The markers are JSON strings that start with a NUL character, which
-// no sane encoding of a value produces, so every entry stays valid JSON for
-// any other reader of the cache.
+// What a key in the cache holds, as the engine reads it:
+//
+//   - an entry: the JSON object {"key":..., "expires":..., "value":...}, the
+//     key it was stored under, when it stops being fresh (Unix
+//     milliseconds), and the value's own JSON encoding;
+//   - a plain JSON value, as an earlier version of this package or another
+//     program stored it, read as a value with no expiry of its own;
+//   - a marker for a cached "not found", or a lease (see lease.go): JSON
+//     strings that start with a NUL character, which no value encodes to.
+//
+// Nothing read from the cache is trusted: another process, another version
+// or someone else wrote it. An entry larger than WithMaxValueSize, one that
+// does not decode, one stored under another key, a null, and a value that
+// is not the entity asked for are all corrupt: a miss, counted in
+// DecodeErrors, and overwritten by the next fill.
 
 // absentMarker is what a cached "not found" answer holds.
 var absentMarker = json.RawMessage(`"\u0000cacheaside:absent"`)
+
+// entry is a value as it is stored.
+type entry[V any] struct {
+	Key     string `json:"key"`
+	Expires int64  `json:"expires"` // Unix milliseconds; 0: none
+	Value   *V     `json:"value"`
+}
 
 // state is what a lookup found.
 type state int
 
 const (
-	stMiss   state = iota // nothing usable: empty, a lease, or undecodable
-	stHit                 // a value
-	stAbsent              // a cached "not found"
-	stFailed              // the cache failed
+	stMiss    state = iota // nothing usable: empty, a lease, or corrupt
+	stHit                  // a fresh value
+	stAbsent               // a cached "not found"
+	stStale                // a value past its expiry, still within fail-safe
+	stCorrupt              // something that is not a value of this key
+	stFailed               // the cache failed
 )
 
+// encode returns the entry to store for v under key, fresh for ttl from now.
+func (a *Aside[K, V]) encode(key string, v *V, ttl time.Duration) (json.RawMessage, error) {
+	return json.Marshal(entry[V]{Key: key, Expires: time.Now().Add(ttl).UnixMilli(), Value: v})
+}
+
 // lookup reads key from the cache. Cache failures are counted and reported
-// as stFailed, undecodable entries and leases as misses; only the end of
-// ctx is an error.
-func (a *Aside[K, V]) lookup(ctx context.Context, key string) (*V, json.RawMessage, state, error) {
-	var raw json.RawMessage
-	err := a.cache.GetJSON(ctx, key, &raw)
+// as stFailed, corrupt entries and leases as misses; only the end of ctx is
+// an error. The raw entry comes back with stStale, for fail-safe.
+func (a *Aside[K, V]) lookup(ctx context.Context, id K, key string) (*V, json.RawMessage, state, error) {
+	raw, err := a.g.get(ctx, key)
 	if err != nil {
 		if errors.Is(err, ErrCacheMiss) {
 			return nil, nil, stMiss, nil
@@ -41,42 +64,98 @@ func (a *Aside[K, V]) lookup(ctx context.Context, key string) (*V, json.RawMessa
 			return nil, nil, stMiss, cerr
 		}
 		if isDecodeError(err) {
-			a.undecodable(ctx, key, err)
+			a.corrupt(ctx, key, err)
 			return nil, nil, stMiss, nil
 		}
 		a.cacheFailed(ctx, key, err)
 		return nil, nil, stFailed, nil
 	}
-	v, st := a.decode(ctx, key, raw, true)
+	v, st := a.decode(ctx, id, key, raw, true)
+	if st == stCorrupt {
+		st = stMiss
+	}
 	return v, raw, st, nil
 }
 
-// decode turns what a key holds into a value, a cached "not found", or a
-// miss (a lease, or an entry that does not decode, which is counted and
-// logged when report is set; a second look at the same key does not).
-func (a *Aside[K, V]) decode(ctx context.Context, key string, raw json.RawMessage, report bool) (*V, state) {
+// decode turns what key holds into a value, a cached "not found", a stale
+// value (past its expiry, within fail-safe), a miss (a lease, or a value
+// past its expiry) or stCorrupt, which is counted and logged when report is
+// set (a second look at the same key does not).
+func (a *Aside[K, V]) decode(ctx context.Context, id K, key string, raw json.RawMessage, report bool) (*V, state) {
+	v, exp, err := a.parse(id, key, raw)
+	switch {
+	case errors.Is(err, errAbsent):
+		return nil, stAbsent
+	case errors.Is(err, errLease):
+		return nil, stMiss
+	case err != nil:
+		if report {
+			a.corrupt(ctx, key, err)
+		}
+		return nil, stCorrupt
+	}
+	if exp.IsZero() {
+		return v, stHit
+	}
+	switch now := time.Now(); {
+	case now.Before(exp):
+		return v, stHit
+	case a.o.failSafe > 0 && now.Before(exp.Add(a.o.failSafe)):
+		return v, stStale
+	}
+	return nil, stMiss
+}
+
+var (
+	errAbsent = errors.New("a cached not-found")
+	errLease  = errors.New("a lease")
+)
+
+// parse decodes raw as key's entry and checks it: its size, its key, and
+// that its value is the entity id names. A zero expiry means none.
+func (a *Aside[K, V]) parse(id K, key string, raw json.RawMessage) (*V, time.Time, error) {
+	if len(raw) > a.o.maxValueSize {
+		return nil, time.Time{}, errors.New("larger than WithMaxValueSize")
+	}
 	if len(raw) > 0 && raw[0] == '"' {
 		switch {
 		case bytes.Equal(raw, absentMarker):
-			return nil, stAbsent
+			return nil, time.Time{}, errAbsent
 		case isLease(raw):
-			return nil, stMiss
+			return nil, time.Time{}, errLease
 		}
 	}
-	v := new(V)
-	if err := json.Unmarshal(raw, v); err != nil {
-		if report {
-			a.undecodable(ctx, key, err)
-		}
-		return nil, stMiss
+	var e entry[V]
+	if err := json.Unmarshal(raw, &e); err != nil {
+		return nil, time.Time{}, err
 	}
-	return v, stHit
+	var exp time.Time
+	switch {
+	case e.Value != nil && e.Key == key:
+		if e.Expires > 0 {
+			exp = time.UnixMilli(e.Expires)
+		}
+	case e.Value != nil || e.Key != "":
+		return nil, time.Time{}, errors.New("an entry of another key")
+	default: // a plain value
+		e.Value = new(V)
+		if err := json.Unmarshal(raw, e.Value); err != nil {
+			return nil, time.Time{}, err
+		}
+		if bytes.Equal(bytes.TrimSpace(raw), []byte("null")) {
+			return nil, time.Time{}, errors.New("null")
+		}
+	}
+	if a.idOf != nil && a.idOf(e.Value) != id {
+		return nil, time.Time{}, errors.New("the value of another ID")
+	}
+	return e.Value, exp, nil
 }
 
-// undecodable counts and logs an entry that does not decode.
-func (a *Aside[K, V]) undecodable(ctx context.Context, key string, err error) {
+// corrupt counts and logs an entry that is not a usable value of its key.
+func (a *Aside[K, V]) corrupt(ctx context.Context, key string, err error) {
 	a.m.decodeErrs.Add(1)
-	a.log.WarnContext(ctx, "cacheaside: undecodable cache entry, treated as a miss", "key", key, "err", err)
+	a.log.WarnContext(ctx, "cacheaside: corrupt cache entry, treated as a miss", "key", key, "err", err)
 }
 
 func isDecodeError(err error) bool {

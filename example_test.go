@@ -2,6 +2,7 @@ package cacheaside_test
 
 import (
 	"context"
+	"encoding/json"
 	"database/sql"
 	"errors"
 	"fmt"
@@ -140,12 +141,21 @@ func Example_redis() {
 	_ = svc.CreateUser(ctx, u)
 	_, _ = svc.GetUser(ctx, u.ID)
 
+	// The entry is JSON: the key it belongs to, when it stops being fresh
+	// (Unix milliseconds), and the user.
 	stored, _ := mr.Get("myapp:user:1")
-	fmt.Println(stored)
-	fmt.Println(mr.TTL("myapp:user:1") <= cacheaside.UserCacheTTL)
+	var entry struct {
+		Key     string          `json:"key"`
+		Expires int64           `json:"expires"`
+		Value   json.RawMessage `json:"value"`
+	}
+	_ = json.Unmarshal([]byte(stored), &entry)
+	fmt.Println(entry.Key, string(entry.Value))
+	fresh := time.Until(time.UnixMilli(entry.Expires))
+	fmt.Println(fresh > 50*time.Minute && fresh <= cacheaside.UserCacheTTL, mr.TTL("myapp:user:1") <= cacheaside.UserCacheTTL)
 	// Output:
-	// {"id":1,"name":"Flo","email":"flo@example.com","created_at":"2026-01-02T03:04:05Z"}
-	// true
+	// user:1 {"id":1,"name":"Flo","email":"flo@example.com","created_at":"2026-01-02T03:04:05Z"}
+	// true true
 }
 
 // Product is another entity, cached with its own namespace and TTL by the
@@ -300,10 +310,12 @@ func ExampleNewSQLRepository() {
 	// Any database/sql driver: here the pure-Go SQLite (import _
 	// "modernc.org/sqlite"); for PostgreSQL, pgx's stdlib ("pgx") with
 	// cacheaside.PostgreSQL. A file, not ":memory:": database/sql pools
-	// connections, and each would get an empty in-memory database of its own.
+	// connections, and each would get an empty in-memory database of its
+	// own. A busy timeout and WAL, so that concurrent connections wait for
+	// each other instead of failing with SQLITE_BUSY.
 	dir, _ := os.MkdirTemp("", "example")
 	defer os.RemoveAll(dir)
-	db, err := sql.Open("sqlite", filepath.Join(dir, "users.db"))
+	db, err := sql.Open("sqlite", "file:"+filepath.Join(dir, "users.db")+"?_pragma=busy_timeout(5000)&_pragma=journal_mode(WAL)")
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -315,10 +327,15 @@ func ExampleNewSQLRepository() {
 		return
 	}
 	svc := cacheaside.NewUserService(repo, cacheaside.NewMemoryCache())
+	defer svc.Close() // it drains the repository's outbox in the background
 
 	u := &cacheaside.User{Name: "O'Brien; --", Email: "ob@example.com"}
 	_ = svc.CreateUser(ctx, u) // the database assigns the ID
-	got, _ := svc.GetUser(ctx, u.ID)
+	got, err := svc.GetUser(ctx, u.ID)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
 	fmt.Println(got.ID, got.Name)
 	users, _ := svc.GetUsersBatch(ctx, []int{u.ID, 99}) // misses: one IN (...) query
 	fmt.Println(users[0].Name, users[1] == nil)

@@ -9,9 +9,10 @@ import (
 )
 
 // A load reads the source and stores what it read in the cache (a fill),
-// or a "not found" marker; a read that fails stores nothing. How the fill
-// is written decides whether it can write an old value back over a newer
-// write (see fillMode).
+// or a "not found" marker; a read that fails stores nothing, or, with
+// fail-safe, answers with the last value known (see failsafe.go). How the
+// fill is written decides whether it can write an old value back over a
+// newer write (see fillMode).
 
 // fillMode says how a load stores what it read.
 type fillMode int
@@ -29,11 +30,14 @@ type fill struct {
 	s      *stripe // fillSet: the key's stripe ...
 	gen    uint64  // ... and its generation when the load began
 	expect []byte  // fillSwap: what the key must still hold
+	// restore is the stale entry the load's lease replaced: a load that
+	// fails puts it back, so that fail-safe can still serve it.
+	restore json.RawMessage
 }
 
 // loadInto reads id from the source into r and stores the result as f
-// says. When the read fails, a lease in f.expect is released so that
-// waiters take over at once.
+// says. When the read fails, the load's lease is released (or the stale
+// entry it replaced restored) so that waiters take over at once.
 func (a *Aside[K, V]) loadInto(ctx context.Context, id K, f fill, r *result[V]) {
 	returned := false
 	defer func() {
@@ -42,21 +46,12 @@ func (a *Aside[K, V]) loadInto(ctx context.Context, id K, f fill, r *result[V]) 
 		}
 	}()
 	r.fresh = time.Now()
-	v, err := a.load(ctx, id)
+	v, err := a.loadOne(ctx, id)
 	returned = true
-	a.m.recordLoad(time.Since(r.fresh))
 	switch {
 	case err == nil && v != nil:
 		r.val = *v
-		raw, merr := json.Marshal(v)
-		if merr != nil {
-			a.m.writeErrs.Add(1)
-			a.log.ErrorContext(ctx, "cacheaside: value cannot be encoded, not cached", "key", f.key, "err", merr)
-			a.release(ctx, f)
-			return
-		}
-		r.raw = raw
-		if at, ok := a.store(ctx, f, raw, a.o.ttl); ok {
+		if at, ok := a.storeValue(ctx, f, v); ok {
 			r.fresh = at
 		}
 	case err == nil || errors.Is(err, ErrNotFound) || errors.Is(err, a.notFound):
@@ -64,11 +59,30 @@ func (a *Aside[K, V]) loadInto(ctx context.Context, id K, f fill, r *result[V]) 
 		if at, ok := a.storeAbsent(ctx, f); ok {
 			r.fresh = at
 		}
+	case a.failSafe(ctx, f.key, r, err):
+		a.release(ctx, f)
 	default:
-		a.m.dbErrs.Add(1)
 		r.err = wrapErr("load "+f.key, err)
 		a.release(ctx, f)
 	}
+}
+
+// storeValue caches v as f says, for the TTL less jitter; with fail-safe
+// the entry lives that much longer in the cache than it stays fresh. A
+// value whose entry exceeds WithMaxValueSize is not cached.
+func (a *Aside[K, V]) storeValue(ctx context.Context, f fill, v *V) (time.Time, bool) {
+	ttl := a.jitter(a.o.ttl)
+	raw, err := a.encode(f.key, v, ttl)
+	if err == nil && len(raw) > a.o.maxValueSize {
+		err = errors.New("the entry is larger than WithMaxValueSize")
+	}
+	if err != nil {
+		a.m.writeErrs.Add(1)
+		a.log.ErrorContext(ctx, "cacheaside: value not cached", "key", f.key, "err", err)
+		a.release(ctx, f)
+		return time.Time{}, false
+	}
+	return a.store(ctx, f, raw, ttl+a.o.failSafe)
 }
 
 // storeAbsent caches a "not found" answer for the negative TTL, or, with
@@ -78,11 +92,11 @@ func (a *Aside[K, V]) storeAbsent(ctx context.Context, f fill) (time.Time, bool)
 		a.release(ctx, f)
 		return time.Time{}, false
 	}
-	return a.store(ctx, f, absentMarker, a.o.negTTL)
+	return a.store(ctx, f, absentMarker, a.jitter(a.o.negTTL))
 }
 
-// store writes raw under f.key as f.mode says, and reports whether it did
-// and when the write was sent.
+// store writes raw under f.key for ttl as f.mode says, and reports whether
+// it did and when the write was sent.
 //
 // fillSet writes unless the key's stripe moved past f.gen: a write in this
 // process since the load began. fillSwap needs no such check: it lands only
@@ -104,10 +118,10 @@ func (a *Aside[K, V]) store(ctx context.Context, f fill, raw json.RawMessage, tt
 			return at, false
 		}
 		at = time.Now()
-		err = a.cache.SetJSON(ctx, f.key, raw, a.jitter(ttl))
+		err = a.g.set(ctx, f.key, raw, ttl)
 	case fillSwap:
 		var ok bool
-		ok, err = a.leaser.CompareAndSwap(ctx, f.key, f.expect, raw, a.jitter(ttl))
+		ok, err = a.g.cas(ctx, f.key, f.expect, raw, ttl)
 		if err == nil && !ok {
 			a.m.staleFills.Add(1)
 			return at, false

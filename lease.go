@@ -3,6 +3,7 @@ package cacheaside
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"math/rand/v2"
 	"strconv"
 	"time"
@@ -17,6 +18,13 @@ import (
 // happened between the lease and the fill, which means the value it carries
 // was read after every write acknowledged before the fill was sent. Callers
 // that find someone else's lease wait for its value instead of loading.
+//
+// A key that holds a corrupt entry or a stale one (past its expiry, kept
+// for fail-safe) is taken over the same way: the lease replaces exactly
+// what was read, by compare-and-swap, so a write that deleted it meanwhile
+// makes the takeover fail and the load look again. A lease always expires:
+// a lease-shaped value without an expiry is no lease, and the cache treats
+// the key as empty (see Leaser).
 
 // How a waiter polls a key that another caller's lease holds: from about
 // leaseBackoffMin between polls, growing by half up to leaseBackoffMax, with
@@ -46,33 +54,55 @@ func newLease() []byte {
 type leaseOutcome int
 
 const (
-	leaseTaken   leaseOutcome = iota // the key was empty: the lease is ours
+	leaseTaken   leaseOutcome = iota // the lease is ours
 	leaseForeign                     // another caller's lease holds the key
-	leaseValue                       // the key holds a value or "not found"
-	leaseBad                         // the key holds something undecodable
+	leaseValue                       // the key holds a fresh value or "not found"
+	leaseMoved                       // the key changed while we took it over
 	leaseFailed                      // the cache failed
 )
 
-// takeLease tries to place lease on key. With leaseValue it returns the
-// value (nil for a cached "not found"), and with leaseForeign or leaseBad
-// what the key holds.
-func (a *Aside[K, V]) takeLease(ctx context.Context, key string, lease []byte) (leaseOutcome, *V, []byte, error) {
-	held, err := a.leaser.SetNX(ctx, key, lease, a.o.leaseTTL)
+// leaseTry is what takeLease found.
+type leaseTry[V any] struct {
+	out   leaseOutcome
+	v     *V              // leaseValue: the value, nil for "not found"
+	held  []byte          // leaseForeign: the other lease
+	stale stale[V]        // leaseTaken: the stale entry the lease replaced
+	bad   json.RawMessage // leaseTaken: the corrupt entry the lease replaced
+	err   error           // leaseFailed
+}
+
+// takeLease tries to place lease on key: on an empty key, or over a stale
+// or corrupt entry, which it replaces by compare-and-swap.
+func (a *Aside[K, V]) takeLease(ctx context.Context, id K, key string, lease []byte) leaseTry[V] {
+	at := time.Now()
+	held, err := a.g.setNX(ctx, key, lease, a.o.leaseTTL)
 	switch {
 	case err != nil:
-		return leaseFailed, nil, nil, err
+		return leaseTry[V]{out: leaseFailed, err: err}
 	case held == nil:
-		return leaseTaken, nil, nil, nil
+		return leaseTry[V]{out: leaseTaken}
 	case isLease(held):
-		return leaseForeign, nil, held, nil
+		return leaseTry[V]{out: leaseForeign, held: held}
 	}
-	switch v, st := a.decode(ctx, key, held, false); st {
+	t := leaseTry[V]{out: leaseTaken}
+	v, st := a.decode(ctx, id, key, held, false)
+	switch st {
 	case stHit:
-		return leaseValue, v, held, nil
+		return leaseTry[V]{out: leaseValue, v: v}
 	case stAbsent:
-		return leaseValue, nil, held, nil
+		return leaseTry[V]{out: leaseValue}
+	case stStale:
+		t.stale = stale[V]{v: v, raw: held, at: at}
+	default: // corrupt, or past its expiry
+		t.bad = held
 	}
-	return leaseBad, nil, held, nil
+	switch ok, err := a.g.cas(ctx, key, held, lease, a.o.leaseTTL); {
+	case err != nil:
+		return leaseTry[V]{out: leaseFailed, err: err}
+	case !ok:
+		return leaseTry[V]{out: leaseMoved}
+	}
+	return t
 }
 
 // leaseLoad places a lease on f.key and loads, or waits for the holder of
@@ -88,37 +118,37 @@ func (a *Aside[K, V]) leaseLoad(ctx context.Context, id K, f fill, r *result[V])
 	var seen []byte // the foreign lease the backoff has grown on
 	for {
 		at := time.Now()
-		out, v, held, err := a.takeLease(ctx, f.key, lease)
+		t := a.takeLease(ctx, id, f.key, lease)
 		switch {
-		case out == leaseFailed && ctx.Err() != nil:
+		case t.out == leaseFailed && ctx.Err() != nil:
 			r.err = wrapErr("load "+f.key, ctx.Err())
 			return
-		case out == leaseFailed:
-			a.cacheFailed(ctx, f.key, err)
+		case t.out == leaseFailed:
+			a.cacheFailed(ctx, f.key, t.err)
 			a.loadInto(ctx, id, f, r)
 			return
-		case out == leaseTaken:
+		case t.out == leaseTaken:
+			if t.stale.v != nil {
+				r.stale, f.restore = t.stale, t.stale.raw
+			}
 			f.mode, f.expect = fillSwap, lease
 			a.loadInto(ctx, id, f, r)
 			return
-		case out == leaseValue:
+		case t.out == leaseValue:
 			r.fresh = at
-			if v == nil {
+			if t.v == nil {
 				r.err = a.notFound
 			} else {
-				r.val, r.raw = *v, held
+				r.val = *t.v
 			}
 			return
-		case out == leaseBad:
-			// Load, and replace the bad entry if it is still there.
-			f.mode, f.expect = fillSwap, held
-			a.loadInto(ctx, id, f, r)
-			return
 		}
-		if !bytes.Equal(held, seen) {
+		// Another caller's lease, or a key that changed under the takeover
+		// (a new holder too): wait for the holder's value.
+		if !bytes.Equal(t.held, seen) {
 			// A new holder: the key made progress (a fill, or a delete that
 			// beat it), so poll at the start of the backoff again.
-			seen, backoff = held, leaseBackoffMin
+			seen, backoff = t.held, leaseBackoffMin
 		}
 		if !waited {
 			waited = true
@@ -131,27 +161,36 @@ func (a *Aside[K, V]) leaseLoad(ctx context.Context, id K, f fill, r *result[V])
 			a.loadInto(ctx, id, f, r)
 			return
 		}
-		t := time.NewTimer(min(backoff/2+rand.N(backoff), left))
+		t2 := time.NewTimer(min(backoff/2+rand.N(backoff), left))
 		select {
 		case <-ctx.Done():
-			t.Stop()
+			t2.Stop()
 			r.err = wrapErr("load "+f.key, ctx.Err())
 			return
-		case <-t.C:
+		case <-t2.C:
 		}
 		backoff = min(backoff*3/2, leaseBackoffMax)
 	}
 }
 
-// release removes a load's own lease after a failed read, on a short
-// context of its own, since the load's may have ended.
+// release gives up a load's own lease after a failed read, on a short
+// context of its own, since the load's may have ended: it puts back the
+// stale entry the lease replaced, while fail-safe may still serve it, or
+// deletes the lease.
 func (a *Aside[K, V]) release(ctx context.Context, f fill) {
 	if f.mode != fillSwap || !isLease(f.expect) {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.o.cacheTimeout)
 	defer cancel()
-	if _, err := a.leaser.CompareAndSwap(ctx, f.key, f.expect, nil, 0); err != nil {
+	var back json.RawMessage
+	var ttl time.Duration
+	if f.restore != nil {
+		if ttl = a.restoreTTL(f.key, f.restore); ttl > 0 {
+			back = f.restore
+		}
+	}
+	if _, err := a.g.cas(ctx, f.key, f.expect, back, ttl); err != nil {
 		a.log.WarnContext(ctx, "cacheaside: lease release failed; it will expire", "key", f.key, "err", err)
 	}
 }

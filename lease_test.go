@@ -120,7 +120,10 @@ func TestLease_FleetStampede(t *testing.T) {
 		const instances, perInstance = 8, 25
 		svcs := make([]*UserService, instances)
 		for i := range svcs {
-			svcs[i] = NewUserService(repo, b.fork(t))
+			// 200 callers at once on a race-instrumented miniredis can take
+			// longer than the default time box, which is not what this test
+			// is about.
+			svcs[i] = NewUserService(repo, b.fork(t), WithCacheTimeout(5*time.Second))
 		}
 		var wg sync.WaitGroup
 		start := make(chan struct{})
@@ -290,7 +293,7 @@ func TestLease_LeaseIsNeverServed(t *testing.T) {
 	u := seedUser(t, repo, "x")
 	lease := newLease()
 	require.True(t, strings.HasPrefix(string(lease), `"\u0000cacheaside:lease:`))
-	b.setRaw(userCacheKey(u.ID), string(lease))
+	require.NoError(t, b.client.Set(ctx, b.prefix+userCacheKey(u.ID), lease, time.Minute).Err())
 	svc := NewUserService(repo, b.cache, WithLeaseWait(0))
 	got, err := svc.GetUser(ctx, u.ID)
 	require.NoError(t, err)
@@ -340,5 +343,29 @@ func TestLease_SlowHolderLosesItsLease(t *testing.T) {
 		raw, ok := b.raw(key)
 		require.True(t, ok)
 		require.Contains(t, raw, `"name":"tortoise"`, "the reader that took over filled the key")
+	})
+}
+
+// TestLease_WithoutExpiryIsNoLease: a lease-shaped value planted without an
+// expiry (every lease has one) would stall every reader of the key for the
+// lease wait, for ever; the cache treats the key as empty instead, and the
+// first reader loads and fills it at once.
+func TestLease_WithoutExpiryIsNoLease(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		repo := newTestRepo()
+		u := seedUser(t, repo, "unstuck")
+		key := userCacheKey(u.ID)
+		b.setRaw(key, string(newLease())) // no expiry
+		svc := NewUserService(repo, b.fork(t), WithLeaseWait(time.Minute))
+		begin := time.Now()
+		got, err := svc.GetUser(ctx, u.ID)
+		require.NoError(t, err)
+		require.Equal(t, "unstuck", got.Name)
+		require.Less(t, time.Since(begin), time.Second, "the planted lease stalled the read")
+		m := svc.GetMetrics()
+		require.Zero(t, m.LeaseWaits)
+		raw, _ := b.raw(key)
+		require.Contains(t, raw, `"name":"unstuck"`, "the reader filled the key")
 	})
 }

@@ -53,11 +53,14 @@ const lockBackoffMax = 100 * time.Millisecond
 // else holds it until ctx ends; it then fails with an error for which
 // errors.Is(err, ErrLockTimeout) is true (and, if Redis failed meanwhile,
 // that error too). Each acquisition gets its own random owner value and a
-// fencing token one higher than the lock's previous one.
+// fencing token higher than any the lock issued before (one higher, unless
+// its counter was found damaged and restarted from the server's clock).
 //
-// The lock lives under "lock:{name}" (after the key prefix), so it never
-// collides with a cached value, and its fencing counter, which never
-// expires, beside it in the same cluster slot. ttl must be at least 3ms.
+// The lock lives under "cacheaside:lock:{name}" (after the key prefix), in
+// the namespace the library keeps for itself, so no cached entity and no
+// invalidation can reach it; its fencing counter, which never expires,
+// lives beside it in the same cluster slot. A lock key without an expiry
+// (every lock has one) does not count as held. ttl must be at least 3ms.
 func (r *RedisCache) AcquireLock(ctx context.Context, name string, ttl time.Duration) (*DistributedLock, error) {
 	if err := r.ready(); err != nil {
 		return nil, err

@@ -102,7 +102,7 @@ func (m *MemoryCache) SetNX(ctx context.Context, key string, val []byte, ttl tim
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	held, _ := m.c.SetNX(key, val, ttl)
+	held, _ := m.c.SetNX(key, val, ttl, leasePrefix)
 	return held, nil
 }
 
@@ -114,6 +114,8 @@ func (m *MemoryCache) CompareAndSwap(ctx context.Context, key string, old, val [
 	}
 	return m.c.CompareAndSwap(key, old, val, ttl), nil
 }
+
+func (m *MemoryCache) inProcess() {}
 
 // Len reports how many unexpired entries the cache holds.
 func (m *MemoryCache) Len() int64 { return int64(m.c.Len()) }

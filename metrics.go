@@ -5,6 +5,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/sony/gobreaker/v2"
+
 	"github.com/cacheaside/cacheaside/internal/latency"
 )
 
@@ -36,14 +38,16 @@ type ServiceMetrics struct {
 	CacheErrors int64
 	// CacheWriteErrors counts fills that failed.
 	CacheWriteErrors int64
-	// CacheInvalidationErrors counts invalidations that failed after a
-	// successful write; the write itself succeeded.
+	// CacheInvalidationErrors counts invalidations whose delete failed; the
+	// write itself succeeded, and the delete is retried until it lands.
 	CacheInvalidationErrors int64
 	// DatabaseErrors counts repository reads that failed for a reason other
 	// than "not found".
 	DatabaseErrors int64
-	// DecodeErrors counts cached entries that could not be decoded; each was
-	// treated as a miss.
+	// DecodeErrors counts cached entries that were not a usable value of
+	// their key: undecodable, over WithMaxValueSize, stored under another
+	// key, or another entity than the one asked for. Each was treated as a
+	// miss and overwritten by the next fill.
 	DecodeErrors int64
 	// StaleFillsSkipped counts fills dropped because a write to the same key
 	// happened while the value was being loaded: the key's generation in
@@ -58,6 +62,40 @@ type ServiceMetrics struct {
 	// Rejoins counts reads that joined a shared load too late to be sure
 	// its result included every earlier write, and looked again.
 	Rejoins int64
+
+	// CacheTimeouts counts cache calls that outlived their time box
+	// (WithCacheTimeout); the caller stopped waiting for them.
+	CacheTimeouts int64
+	// CacheCallsRejected counts cache calls that were not sent because
+	// their shard's circuit breaker was open.
+	CacheCallsRejected int64
+	// CacheBreakerOpens counts the times a cache circuit breaker opened.
+	CacheBreakerOpens int64
+	// CacheShardsUnavailable is how many shards of the cache (the whole
+	// cache, unless it is sharded) have a circuit breaker that is open or
+	// half-open now.
+	CacheShardsUnavailable int64
+	// RepositoryBreakerState is the state of the repository's circuit
+	// breaker now: "closed", "open" or "half-open".
+	RepositoryBreakerState string
+	// RepositoryBreakerOpens counts the times it opened.
+	RepositoryBreakerOpens int64
+	// RepositoryCallsRejected counts loads it refused.
+	RepositoryCallsRejected int64
+	// FailSafeServed counts reads answered, after their load failed, with
+	// the last value known for the key (WithFailSafe).
+	FailSafeServed int64
+	// PendingInvalidations is how many keys now wait for a delete that
+	// failed to be retried.
+	PendingInvalidations int64
+	// InvalidationRetries counts the retries of failed deletes.
+	InvalidationRetries int64
+	// InvalidationsDropped counts keys whose failed delete could not be
+	// queued for a retry because too many were waiting.
+	InvalidationsDropped int64
+	// OutboxDrained counts outbox records whose keys a drain deleted: writes
+	// whose writer did not clear them itself, having crashed, say.
+	OutboxDrained int64
 
 	// HitRate is CacheHits / TotalRequests, from 0 to 1.
 	HitRate float64
@@ -91,6 +129,13 @@ type counters struct {
 	dbErrs, decodeErrs, staleFills  atomic.Int64
 	leaseWaits, leaseTimeouts       atomic.Int64
 	rejoins                         atomic.Int64
+	cacheTimeouts, cacheRejected    atomic.Int64
+	cacheBreakerOpens               atomic.Int64
+	repoBreakerOpens, repoRejected  atomic.Int64
+	repoBreakerState                atomic.Int32 // a gobreaker.State
+	failSafeServed                  atomic.Int64
+	invalRetries, invalDropped      atomic.Int64
+	outboxDrained                   atomic.Int64
 	ema                             atomic.Int64 // nanoseconds
 	hist                            latency.Histogram
 }
@@ -132,6 +177,16 @@ func (c *counters) snapshot(size int64) ServiceMetrics {
 		LeaseWaits:              c.leaseWaits.Load(),
 		LeaseWaitTimeouts:       c.leaseTimeouts.Load(),
 		Rejoins:                 c.rejoins.Load(),
+		CacheTimeouts:           c.cacheTimeouts.Load(),
+		CacheCallsRejected:      c.cacheRejected.Load(),
+		CacheBreakerOpens:       c.cacheBreakerOpens.Load(),
+		RepositoryBreakerState:  gobreaker.State(c.repoBreakerState.Load()).String(),
+		RepositoryBreakerOpens:  c.repoBreakerOpens.Load(),
+		RepositoryCallsRejected: c.repoRejected.Load(),
+		FailSafeServed:          c.failSafeServed.Load(),
+		InvalidationRetries:     c.invalRetries.Load(),
+		InvalidationsDropped:    c.invalDropped.Load(),
+		OutboxDrained:           c.outboxDrained.Load(),
 		AvgResponseTime:         time.Duration(c.ema.Load()),
 		P50ResponseTime:         c.hist.Quantile(0.50),
 		P99ResponseTime:         c.hist.Quantile(0.99),

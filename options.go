@@ -28,6 +28,19 @@ const (
 	// DefaultLeaseWait bounds how long a load waits for another caller's
 	// lease to turn into a value before it reads the source itself.
 	DefaultLeaseWait = DefaultLeaseTTL
+	// DefaultCacheTimeout bounds every call to the cache: ample for a Redis
+	// on the same network, whose round trips take well under a millisecond,
+	// and short enough that a hung Redis costs a read little.
+	DefaultCacheTimeout = 100 * time.Millisecond
+	// DefaultBreakerFailures is how many consecutive failures open a
+	// circuit breaker.
+	DefaultBreakerFailures = 5
+	// DefaultBreakerCooldown is how long an open circuit breaker stays open
+	// before it lets one probe through.
+	DefaultBreakerCooldown = time.Second
+	// DefaultMaxValueSize bounds the encoded size of a cached entry, on
+	// write and on read.
+	DefaultMaxValueSize = 1 << 20
 )
 
 // An Option configures an Aside or a UserService.
@@ -56,6 +69,18 @@ type options struct {
 	leaseTTL    time.Duration
 	leaseWait   time.Duration
 	logger      *slog.Logger
+
+	cacheTimeout time.Duration
+	cacheBreaker breakerOptions
+	repoBreaker  breakerOptions
+	failSafe     time.Duration // how long past its expiry a value may be served; 0: never
+	maxValueSize int
+}
+
+// breakerOptions configure a circuit breaker.
+type breakerOptions struct {
+	failures int           // consecutive failures that open it
+	cooldown time.Duration // how long it stays open before a probe
 }
 
 // userOptions are a UserService's settings: the engine's, and the user
@@ -63,6 +88,7 @@ type options struct {
 type userOptions struct {
 	options
 	related func(id int) []string
+	drain   time.Duration // how often an Outbox is drained
 }
 
 // newOptions returns the defaults, with ttl as the TTL, after opts.
@@ -84,6 +110,11 @@ func defaultOptions(ttl time.Duration) options {
 		leaseTTL:    DefaultLeaseTTL,
 		leaseWait:   DefaultLeaseWait,
 		logger:      slog.New(slog.DiscardHandler),
+
+		cacheTimeout: DefaultCacheTimeout,
+		cacheBreaker: breakerOptions{DefaultBreakerFailures, DefaultBreakerCooldown},
+		repoBreaker:  breakerOptions{DefaultBreakerFailures, DefaultBreakerCooldown},
+		maxValueSize: DefaultMaxValueSize,
 	}
 }
 
@@ -181,6 +212,77 @@ func WithLogger(l *slog.Logger) Option {
 	return func(o *options) { o.logger = l }
 }
 
+// WithCacheTimeout bounds every call to the cache, whatever the client's
+// own timeouts and retries are: a caller never waits longer for the cache,
+// and a call that takes longer counts as a failure of the cache (see
+// WithCacheBreaker). The default is DefaultCacheTimeout. It panics if d is
+// not positive.
+func WithCacheTimeout(d time.Duration) Option {
+	if d <= 0 {
+		badOption("WithCacheTimeout", d, "the timeout must be positive")
+	}
+	return func(o *options) { o.cacheTimeout = d }
+}
+
+// WithCacheBreaker sets the circuit breaker kept for each shard of the
+// cache: failures consecutive failures or time-outs open it; while it is
+// open no call goes to the shard (reads go to the repository, writes queue
+// their invalidations), and after cooldown one probe is let through, whose
+// success closes it. The defaults are DefaultBreakerFailures and
+// DefaultBreakerCooldown. It panics if failures is below 1 or cooldown is
+// not positive.
+func WithCacheBreaker(failures int, cooldown time.Duration) Option {
+	checkBreaker("WithCacheBreaker", failures, cooldown)
+	return func(o *options) { o.cacheBreaker = breakerOptions{failures, cooldown} }
+}
+
+// WithRepositoryBreaker sets the circuit breaker on the repository's reads:
+// failures consecutive failed loads (a missing value is not a failure) open
+// it; while it is open, loads fail at once with an error that matches
+// ErrRepositoryUnavailable, or are answered by fail-safe (WithFailSafe),
+// and after cooldown one probe is let through. Writes are never held back.
+// The defaults are DefaultBreakerFailures and DefaultBreakerCooldown. It
+// panics if failures is below 1 or cooldown is not positive.
+func WithRepositoryBreaker(failures int, cooldown time.Duration) Option {
+	checkBreaker("WithRepositoryBreaker", failures, cooldown)
+	return func(o *options) { o.repoBreaker = breakerOptions{failures, cooldown} }
+}
+
+func checkBreaker(option string, failures int, cooldown time.Duration) {
+	if failures < 1 {
+		badOption(option, failures, "at least 1 failure must open the breaker")
+	}
+	if cooldown <= 0 {
+		badOption(option, cooldown, "the cooldown must be positive")
+	}
+}
+
+// WithFailSafe keeps every cached value for maxStale past its expiry and,
+// when a load fails (the repository errs, times out, or its breaker is
+// open), serves the last value known for the key instead of the error, for
+// up to maxStale past its expiry. Each such read is counted
+// (FailSafeServed) and logged. This serves no value older than an
+// acknowledged write: every acknowledged write deleted the entry, and while
+// the repository fails no write is acknowledged. Zero, the default, turns
+// fail-safe off; it panics if maxStale is negative.
+func WithFailSafe(maxStale time.Duration) Option {
+	if maxStale < 0 {
+		badOption("WithFailSafe", maxStale, "the staleness bound must be zero (off) or positive")
+	}
+	return func(o *options) { o.failSafe = maxStale }
+}
+
+// WithMaxValueSize bounds the encoded size, in bytes, of a cached entry: a
+// value that encodes to more is returned but not cached, and an entry found
+// larger in the cache is treated as corrupt (a miss, counted, overwritten).
+// The default is DefaultMaxValueSize. It panics if n is below 64.
+func WithMaxValueSize(n int) Option {
+	if n < 64 {
+		badOption("WithMaxValueSize", n, "at least 64 bytes are needed")
+	}
+	return func(o *options) { o.maxValueSize = n }
+}
+
 // WithRelatedKeys sets the keys that a write to user id invalidates besides
 // "user:<id>", for a UserService. The default is "users:all",
 // "user_posts:<id>" and "user_stats:<id>"; a nil fn invalidates the user's
@@ -195,3 +297,18 @@ func WithRelatedKeys(fn func(id int) []string) UserOption {
 type relatedKeys func(id int) []string
 
 func (r relatedKeys) applyUser(u *userOptions) { u.related = r }
+
+// WithOutboxDrain sets how often a UserService over an Outbox repository
+// drains it, and how old a record must be to be drained: younger records
+// belong to writes whose own delete may still land. The default is
+// DefaultOutboxDrain. It panics if every is below a second.
+func WithOutboxDrain(every time.Duration) UserOption {
+	if every < time.Second {
+		badOption("WithOutboxDrain", every, "the interval must be at least 1s")
+	}
+	return outboxDrain(every)
+}
+
+type outboxDrain time.Duration
+
+func (d outboxDrain) applyUser(u *userOptions) { u.drain = time.Duration(d) }

@@ -15,6 +15,8 @@ var (
 	_ CacheClient = (*RedisCache)(nil)
 	_ MultiGetter = (*RedisCache)(nil)
 	_ Leaser      = (*RedisCache)(nil)
+	_ Sharder     = (*RedisCache)(nil)
+	_ Locker      = (*RedisCache)(nil)
 )
 
 // RedisCache is a CacheClient over go-redis v9. It works with a plain
@@ -76,6 +78,9 @@ func (r *RedisCache) GetJSON(ctx context.Context, key string, dest any) error {
 		return err
 	}
 	b, ok, err := r.c.Get(ctx, key)
+	if rediscache.IsWrongType(err) { // the key holds no value of ours
+		return wrapErr("redis GET "+key, fmt.Errorf("%w: %w", ErrDecode, err))
+	}
 	if err != nil {
 		return wrapErr("redis GET "+key, err)
 	}
@@ -132,7 +137,7 @@ func (r *RedisCache) SetNX(ctx context.Context, key string, val []byte, ttl time
 	if err := r.ready(); err != nil {
 		return nil, err
 	}
-	held, _, err := r.c.SetNX(ctx, key, val, ttl)
+	held, _, err := r.c.SetNX(ctx, key, val, ttl, leasePrefix)
 	if err != nil {
 		return nil, wrapErr("redis lease "+key, err)
 	}
@@ -151,4 +156,15 @@ func (r *RedisCache) CompareAndSwap(ctx context.Context, key string, old, val []
 		return false, wrapErr("redis compare-and-swap "+key, err)
 	}
 	return ok, nil
+}
+
+// Shard names the Redis Cluster master that holds key, for a cluster
+// client, so that the service keeps a circuit breaker per master; for any
+// other client, and while the cluster's layout is not known yet, it
+// returns "". It never waits on the network.
+func (r *RedisCache) Shard(key string) string {
+	if r == nil || r.c == nil {
+		return ""
+	}
+	return r.c.Shard(key)
 }

@@ -2,7 +2,6 @@ package cacheaside
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"hash/maphash"
 	"runtime/debug"
@@ -30,14 +29,16 @@ import (
 
 // result is the outcome of one shared load.
 type result[V any] struct {
-	leader *byte           // identifies the caller whose function ran
-	val    V               // the value, when err is nil
-	raw    json.RawMessage // its JSON encoding, when known
+	leader *byte // identifies the caller whose function ran
+	val    V     // the value, when err is nil
 	err    error
 	// fresh is an instant before which every write was already visible to
 	// the result: a caller that joined the flight before it may take the
 	// result, one that joined later may be owed a newer value.
 	fresh time.Time
+	// stale is the last value known for the key, past its expiry: what
+	// fail-safe answers with if the load fails.
+	stale stale[V]
 }
 
 // maxRejoins bounds how many times a caller that joined a flight too late
@@ -46,14 +47,15 @@ const maxRejoins = 2
 
 // loadShared joins or leads the load of key for the key's current
 // generation and waits for it on ctx. useCache is false when the cache just
-// failed: the load then skips the cache (and, with leases, the fill).
-func (a *Aside[K, V]) loadShared(ctx context.Context, id K, key string, useCache bool) (*V, error) {
+// failed, or must not be read: the load then skips the cache (and, with
+// leases, the fill). old is the stale value the caller found, if any.
+func (a *Aside[K, V]) loadShared(ctx context.Context, id K, key string, useCache bool, old stale[V]) (*V, error) {
 	start := time.Now()
 	for attempt := 0; ; attempt++ {
 		s, gen := a.gens.of(key)
 		tag := new(byte)
 		ch := a.sf.DoChan(key+"\x00"+strconv.FormatUint(gen, 36), func() (any, error) {
-			return a.lead(ctx, id, fill{key: key, s: s, gen: gen}, tag, useCache), nil
+			return a.lead(ctx, id, fill{key: key, s: s, gen: gen}, tag, useCache, old), nil
 		})
 		if a.onJoin != nil {
 			a.onJoin(key)
@@ -70,10 +72,11 @@ func (a *Aside[K, V]) loadShared(ctx context.Context, id K, key string, useCache
 		if !leader && !start.Before(r.fresh) && (r.err == nil || errors.Is(r.err, a.notFound)) {
 			a.m.rejoins.Add(1)
 			if attempt == maxRejoins {
-				return a.loadAlone(ctx, id, key)
+				return a.loadAlone(ctx, id, key, old)
 			}
 			if useCache {
-				switch v, _, st, err := a.lookup(ctx, key); {
+				at := time.Now()
+				switch v, raw, st, err := a.lookup(ctx, id, key); {
 				case err != nil:
 					a.m.misses.Add(1)
 					return nil, err
@@ -83,6 +86,8 @@ func (a *Aside[K, V]) loadShared(ctx context.Context, id K, key string, useCache
 				case st == stAbsent:
 					a.m.hits.Add(1)
 					return nil, a.notFound
+				case st == stStale:
+					old = stale[V]{v: v, raw: raw, at: at}
 				}
 			}
 			continue
@@ -95,15 +100,15 @@ func (a *Aside[K, V]) loadShared(ctx context.Context, id K, key string, useCache
 		if r.err != nil {
 			return nil, r.err
 		}
-		return a.copyOut(r.val, r.raw), nil
+		return a.copyOut(&r.val), nil
 	}
 }
 
 // loadAlone reads the source for one caller, on its own context, and leaves
 // the cache alone.
-func (a *Aside[K, V]) loadAlone(ctx context.Context, id K, key string) (*V, error) {
+func (a *Aside[K, V]) loadAlone(ctx context.Context, id K, key string, old stale[V]) (*V, error) {
 	a.m.misses.Add(1)
-	r := &result[V]{}
+	r := &result[V]{stale: old}
 	ctx, cancel := context.WithTimeout(ctx, a.o.loadTimeout)
 	defer cancel()
 	a.loadInto(ctx, id, fill{key: key}, r)
@@ -120,8 +125,8 @@ func (a *Aside[K, V]) loadAlone(ctx context.Context, id K, key string) (*V, erro
 // With a Leaser it takes a lease on the key, or waits for the holder of
 // another one (see leaseLoad). Without one it looks at the cache again,
 // loads, and fills unless a write in this process intervened.
-func (a *Aside[K, V]) lead(parent context.Context, id K, f fill, tag *byte, useCache bool) (r *result[V]) {
-	r = &result[V]{leader: tag}
+func (a *Aside[K, V]) lead(parent context.Context, id K, f fill, tag *byte, useCache bool, old stale[V]) (r *result[V]) {
+	r = &result[V]{leader: tag, stale: old}
 	defer func() {
 		if p := recover(); p != nil {
 			a.m.dbErrs.Add(1)
@@ -133,23 +138,26 @@ func (a *Aside[K, V]) lead(parent context.Context, id K, f fill, tag *byte, useC
 	defer cancel()
 
 	switch {
-	case a.leaser != nil && useCache:
+	case a.g.leaser != nil && useCache:
 		a.leaseLoad(ctx, id, f, r)
-	case a.leaser != nil:
-		// The cache just failed: read the source, leave the cache alone.
+	case a.g.leaser != nil:
+		// The cache failed or must not be read: read the source, leave the
+		// cache alone.
 		a.loadInto(ctx, id, f, r)
 	default:
 		// Single flight only merges calls that overlap: a flight that ended
 		// just before this one may already have filled the key.
 		if useCache {
 			at := time.Now()
-			switch v, raw, st, _ := a.lookup(ctx, f.key); st {
+			switch v, raw, st, _ := a.lookup(ctx, id, f.key); st {
 			case stHit:
-				r.val, r.raw, r.fresh = *v, raw, at
+				r.val, r.fresh = *v, at
 				return r
 			case stAbsent:
 				r.err, r.fresh = a.notFound, at
 				return r
+			case stStale:
+				r.stale = stale[V]{v: v, raw: raw, at: at}
 			}
 		}
 		f.mode = fillSet

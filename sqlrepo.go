@@ -15,6 +15,7 @@ import (
 var (
 	_ UserRepository      = (*SQLRepository)(nil)
 	_ BatchUserRepository = (*SQLRepository)(nil)
+	_ Outbox              = (*SQLRepository)(nil)
 )
 
 // Dialect names the SQL flavour a SQLRepository speaks.
@@ -39,7 +40,7 @@ func (d Dialect) String() string {
 	return "dialect(" + strconv.Itoa(int(d)) + ")"
 }
 
-// SQLRepository is a UserRepository and BatchUserRepository over
+// SQLRepository is a UserRepository, BatchUserRepository and Outbox over
 // database/sql, for PostgreSQL and SQLite. It imports no driver: open the
 // *sql.DB with the driver of your choice and pass it in.
 //
@@ -48,15 +49,24 @@ func (d Dialect) String() string {
 // creates it if absent. Every query is parameterised, so names and emails
 // round-trip exactly whatever they hold. Its methods are safe for
 // concurrent use, as *sql.DB is.
+//
+// Every write also records, in the same transaction, the ID of the user it
+// changed in the outbox table "<table>_outbox" (seq, user_id, recorded_at),
+// so that a UserService can delete the user's cache keys even if the
+// process that wrote crashed before it could (see Outbox). On PostgreSQL
+// the write and its record are one statement.
 type SQLRepository struct {
 	db      *sql.DB
 	dialect Dialect
 	table   string
+	outbox  string
 	q       sqlQueries
 }
 
 type sqlQueries struct {
 	get, insertAuto, insertID, update, del, syncSeq string
+	record                                          string // SQLite: the outbox record of a write
+	pending, clear                                  string
 }
 
 // A SQLOption configures a SQLRepository.
@@ -84,13 +94,16 @@ const sqlBatchChunk = 500
 // ErrInvalidArgument for an unknown dialect or a bad table name, and the
 // database's error, wrapped, if the table cannot be created.
 //
-// With SQLite, mind what database/sql's pool does to an in-memory database:
-// sql.Open("sqlite", ":memory:") gives each pooled connection its own
-// empty database, so the table created here is missing on the others and
-// concurrent reads fail with "no such table". Use a file
+// With SQLite, mind what database/sql's pool does. An in-memory database
+// opened as sql.Open("sqlite", ":memory:") is a different, empty database
+// on each pooled connection, so the table created here is missing on the
+// others and concurrent reads fail with "no such table": use a file
 // ("file:/path/users.db"), a shared in-memory database
 // ("file::memory:?cache=shared"), or a single connection
-// (db.SetMaxOpenConns(1)).
+// (db.SetMaxOpenConns(1)). And connections that meet a write in progress
+// fail at once with SQLITE_BUSY unless the database has a busy timeout: with
+// modernc.org/sqlite, add "?_pragma=busy_timeout(5000)&_pragma=journal_mode(WAL)"
+// to the file name (a UserService writes the outbox in the background).
 func NewSQLRepository(ctx context.Context, db *sql.DB, dialect Dialect, opts ...SQLOption) (*SQLRepository, error) {
 	o := sqlOptions{table: "users"}
 	for _, opt := range opts {
@@ -102,44 +115,65 @@ func NewSQLRepository(ctx context.Context, db *sql.DB, dialect Dialect, opts ...
 	if !identRE.MatchString(o.table) {
 		return nil, fmt.Errorf("%w: table name %q is not a plain SQL identifier", ErrInvalidArgument, o.table)
 	}
-	r := &SQLRepository{db: db, dialect: dialect, table: o.table}
-	t := o.table
-	var create string
+	r := &SQLRepository{db: db, dialect: dialect, table: o.table, outbox: o.table + "_outbox"}
+	if !identRE.MatchString(r.outbox) {
+		return nil, fmt.Errorf("%w: table name %q leaves no room for its outbox %q", ErrInvalidArgument, o.table, r.outbox)
+	}
+	t, ob := r.table, r.outbox
+	var create []string
 	switch dialect {
 	case PostgreSQL:
-		create = `CREATE TABLE IF NOT EXISTS ` + t + ` (
+		create = []string{`CREATE TABLE IF NOT EXISTS ` + t + ` (
 			id BIGSERIAL PRIMARY KEY,
 			name TEXT NOT NULL,
 			email TEXT NOT NULL,
-			created_at TIMESTAMPTZ NOT NULL)`
+			created_at TIMESTAMPTZ NOT NULL)`, `CREATE TABLE IF NOT EXISTS ` + ob + ` (
+			seq BIGSERIAL PRIMARY KEY,
+			user_id BIGINT NOT NULL,
+			recorded_at TIMESTAMPTZ NOT NULL DEFAULT now())`}
+		// Each write and its outbox record are one statement: a CTE that
+		// writes, then records the ID of the row it wrote, if any.
+		logged := func(write, returning, result string) string {
+			return `WITH w AS (` + write + ` RETURNING id` + returning + `), o AS (INSERT INTO ` + ob +
+				` (user_id) SELECT id FROM w RETURNING seq) SELECT ` + result + `o.seq FROM w, o`
+		}
 		r.q = sqlQueries{
 			get:        `SELECT id, name, email, created_at FROM ` + t + ` WHERE id = $1`,
-			insertAuto: `INSERT INTO ` + t + ` (name, email, created_at) VALUES ($1, $2, $3) RETURNING id`,
-			insertID:   `INSERT INTO ` + t + ` (id, name, email, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING RETURNING id`,
-			update:     `UPDATE ` + t + ` SET name = $1, email = $2 WHERE id = $3 RETURNING created_at`,
-			del:        `DELETE FROM ` + t + ` WHERE id = $1`,
+			insertAuto: logged(`INSERT INTO `+t+` (name, email, created_at) VALUES ($1, $2, $3)`, ``, `w.id, `),
+			insertID:   logged(`INSERT INTO `+t+` (id, name, email, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING`, ``, `w.id, `),
+			update:     logged(`UPDATE `+t+` SET name = $1, email = $2 WHERE id = $3`, `, created_at`, `w.created_at, `),
+			del:        logged(`DELETE FROM `+t+` WHERE id = $1`, ``, ``),
 			// An explicit ID does not move the sequence; move it past the
 			// largest ID so that later automatic IDs do not collide.
 			syncSeq: `SELECT setval(pg_get_serial_sequence('` + t + `', 'id'), GREATEST((SELECT MAX(id) FROM ` + t + `), 1))`,
+			pending: `SELECT seq, user_id FROM ` + ob + ` WHERE recorded_at <= now() - $1 * interval '1 microsecond' ORDER BY seq LIMIT $2`,
+			clear:   `DELETE FROM ` + ob + ` WHERE seq = ANY($1)`,
 		}
 	case SQLite:
-		create = `CREATE TABLE IF NOT EXISTS ` + t + ` (
+		create = []string{`CREATE TABLE IF NOT EXISTS ` + t + ` (
 			id INTEGER PRIMARY KEY AUTOINCREMENT,
 			name TEXT NOT NULL,
 			email TEXT NOT NULL,
-			created_at INTEGER NOT NULL)`
+			created_at INTEGER NOT NULL)`, `CREATE TABLE IF NOT EXISTS ` + ob + ` (
+			seq INTEGER PRIMARY KEY AUTOINCREMENT,
+			user_id INTEGER NOT NULL,
+			recorded_at INTEGER NOT NULL)`}
 		r.q = sqlQueries{
 			get:        `SELECT id, name, email, created_at FROM ` + t + ` WHERE id = ?`,
 			insertAuto: `INSERT INTO ` + t + ` (name, email, created_at) VALUES (?, ?, ?) RETURNING id`,
 			insertID:   `INSERT INTO ` + t + ` (id, name, email, created_at) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO NOTHING RETURNING id`,
 			update:     `UPDATE ` + t + ` SET name = ?, email = ? WHERE id = ? RETURNING created_at`,
-			del:        `DELETE FROM ` + t + ` WHERE id = ?`,
+			del:        `DELETE FROM ` + t + ` WHERE id = ? RETURNING id`,
+			record:     `INSERT INTO ` + ob + ` (user_id, recorded_at) VALUES (?, ?) RETURNING seq`,
+			pending:    `SELECT seq, user_id FROM ` + ob + ` WHERE recorded_at <= ? ORDER BY seq LIMIT ?`,
 		}
 	default:
 		return nil, fmt.Errorf("%w: unknown SQL dialect %v", ErrInvalidArgument, dialect)
 	}
-	if _, err := db.ExecContext(ctx, create); err != nil {
-		return nil, wrapErr("CREATE TABLE "+t, err)
+	for _, stmt := range create {
+		if _, err := db.ExecContext(ctx, stmt); err != nil {
+			return nil, wrapErr("CREATE TABLE", err)
+		}
 	}
 	return r, nil
 }
@@ -291,9 +325,9 @@ func (r *SQLRepository) CreateUser(ctx context.Context, user *User) error {
 	var id int64
 	var err error
 	if user.ID == 0 {
-		err = r.db.QueryRowContext(ctx, r.q.insertAuto, user.Name, user.Email, r.timeArg(created)).Scan(&id)
+		err = r.write(ctx, r.q.insertAuto, []any{user.Name, user.Email, r.timeArg(created)}, &id, &id)
 	} else {
-		err = r.db.QueryRowContext(ctx, r.q.insertID, user.ID, user.Name, user.Email, r.timeArg(created)).Scan(&id)
+		err = r.write(ctx, r.q.insertID, []any{user.ID, user.Name, user.Email, r.timeArg(created)}, &id, &id)
 		if errors.Is(err, sql.ErrNoRows) {
 			return ErrUserExists
 		}
@@ -319,8 +353,9 @@ func (r *SQLRepository) UpdateUser(ctx context.Context, user *User) error {
 	if err := checkStored(user); err != nil {
 		return err
 	}
+	id := int64(user.ID)
 	var ts timeScan
-	err := r.db.QueryRowContext(ctx, r.q.update, user.Name, user.Email, user.ID).Scan(&ts)
+	err := r.write(ctx, r.q.update, []any{user.Name, user.Email, user.ID}, &id, &ts)
 	if errors.Is(err, sql.ErrNoRows) {
 		return ErrUserNotFound
 	}
@@ -333,12 +368,109 @@ func (r *SQLRepository) UpdateUser(ctx context.Context, user *User) error {
 
 // DeleteUser removes the user with the given ID, or returns ErrUserNotFound.
 func (r *SQLRepository) DeleteUser(ctx context.Context, id int) error {
-	res, err := r.db.ExecContext(ctx, r.q.del, id)
+	uid := int64(id)
+	var got int64
+	err := r.write(ctx, r.q.del, []any{id}, &uid, sqliteOnly(r, &got)...)
+	if errors.Is(err, sql.ErrNoRows) {
+		return ErrUserNotFound
+	}
 	if err != nil {
 		return wrapErr("DELETE "+r.table, err)
 	}
-	if n, err := res.RowsAffected(); err == nil && n == 0 {
-		return ErrUserNotFound
+	return nil
+}
+
+// sqliteOnly returns dest on SQLite, whose delete returns the ID it
+// deleted, and nothing on PostgreSQL, whose logged delete returns only the
+// outbox record.
+func sqliteOnly(r *SQLRepository, dest ...any) []any {
+	if r.dialect == SQLite {
+		return dest
+	}
+	return nil
+}
+
+// write runs one write statement that returns a row, scanned into dest, and
+// records the change of the user *id in the outbox in the same
+// transaction; it reports sql.ErrNoRows, recording nothing, when the
+// statement wrote no row. On PostgreSQL the statement records the change
+// itself and returns the record's number after dest; on SQLite a second
+// statement in a transaction records it. Once committed, the record is
+// reported to the UserService that made the write (RecordInvalidation).
+func (r *SQLRepository) write(ctx context.Context, stmt string, args []any, id *int64, dest ...any) error {
+	var seq int64
+	if r.dialect == PostgreSQL {
+		if err := r.db.QueryRowContext(ctx, stmt, args...).Scan(append(dest, &seq)...); err != nil {
+			return err
+		}
+		RecordInvalidation(ctx, seq)
+		return nil
+	}
+	tx, err := r.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback() // a no-op after Commit
+	if err := tx.QueryRowContext(ctx, stmt, args...).Scan(dest...); err != nil {
+		return err
+	}
+	if err := tx.QueryRowContext(ctx, r.q.record, *id, time.Now().UnixMicro()).Scan(&seq); err != nil {
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return err
+	}
+	RecordInvalidation(ctx, seq)
+	return nil
+}
+
+// PendingInvalidations returns up to limit outbox records, oldest first,
+// recorded at least olderThan ago by the database's clock (the process's,
+// for SQLite, which runs in it).
+func (r *SQLRepository) PendingInvalidations(ctx context.Context, olderThan time.Duration, limit int) ([]Invalidation, error) {
+	var rows *sql.Rows
+	var err error
+	if r.dialect == PostgreSQL {
+		rows, err = r.db.QueryContext(ctx, r.q.pending, olderThan.Microseconds(), limit)
+	} else {
+		rows, err = r.db.QueryContext(ctx, r.q.pending, time.Now().Add(-olderThan).UnixMicro(), limit)
+	}
+	if err != nil {
+		return nil, wrapErr("SELECT "+r.outbox, err)
+	}
+	defer rows.Close()
+	var out []Invalidation
+	for rows.Next() {
+		var inv Invalidation
+		if err := rows.Scan(&inv.Seq, &inv.UserID); err != nil {
+			return nil, wrapErr("SELECT "+r.outbox, err)
+		}
+		out = append(out, inv)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, wrapErr("SELECT "+r.outbox, err)
+	}
+	return out, nil
+}
+
+// ClearInvalidations deletes the outbox records with the given sequence
+// numbers.
+func (r *SQLRepository) ClearInvalidations(ctx context.Context, seqs []int64) error {
+	for lo := 0; lo < len(seqs); lo += sqlBatchChunk {
+		chunk := seqs[lo:min(lo+sqlBatchChunk, len(seqs))]
+		var err error
+		if r.dialect == PostgreSQL {
+			_, err = r.db.ExecContext(ctx, r.q.clear, chunk)
+		} else {
+			args := make([]any, len(chunk))
+			for i, s := range chunk {
+				args[i] = s
+			}
+			_, err = r.db.ExecContext(ctx, `DELETE FROM `+r.outbox+` WHERE seq IN (?`+strings.Repeat(", ?", len(chunk)-1)+`)`, args...)
+		}
+		if err != nil {
+			return wrapErr("DELETE "+r.outbox, err)
+		}
 	}
 	return nil
 }

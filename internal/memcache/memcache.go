@@ -7,6 +7,7 @@
 package memcache
 
 import (
+	"strings"
 	"sync"
 	"time"
 )
@@ -142,13 +143,14 @@ func clone(b []byte) []byte {
 }
 
 // SetNX stores a copy of b under key for ttl if key holds nothing (or only
-// an expired entry) and returns nil and true. Otherwise it leaves the entry
-// alone and returns a copy of what key holds and false.
-func (c *Cache) SetNX(key string, b []byte, ttl time.Duration) ([]byte, bool) {
+// an expired entry, or a value that starts with leasePrefix and never
+// expires) and returns nil and true. Otherwise it leaves the entry alone and
+// returns a copy of what key holds and false.
+func (c *Cache) SetNX(key string, b []byte, ttl time.Duration, leasePrefix string) ([]byte, bool) {
 	now := c.now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if e, ok := c.m[key]; ok && !e.expired(now) {
+	if e, ok := c.m[key]; ok && !e.expired(now) && (!e.exp.IsZero() || !strings.HasPrefix(string(e.b), leasePrefix)) {
 		return clone(e.b), false
 	}
 	c.m[key] = newEntry(b, ttl, now)

@@ -79,10 +79,10 @@ func TestCache_SweepDropsExpired(t *testing.T) {
 func TestCache_SetNXAndCompareAndSwap(t *testing.T) {
 	clk := &clock{t: time.Unix(1000, 0)}
 	c := New(clk.now)
-	if old, ok := c.SetNX("k", []byte("lease1"), time.Second); !ok || old != nil {
+	if old, ok := c.SetNX("k", []byte("lease1"), time.Second, "lease"); !ok || old != nil {
 		t.Fatalf("SetNX on empty key = %q, %v, want nil, true", old, ok)
 	}
-	if old, ok := c.SetNX("k", []byte("lease2"), time.Second); ok || string(old) != "lease1" {
+	if old, ok := c.SetNX("k", []byte("lease2"), time.Second, "lease"); ok || string(old) != "lease1" {
 		t.Fatalf("SetNX on held key = %q, %v, want lease1, false", old, ok)
 	}
 	if c.CompareAndSwap("k", []byte("lease2"), []byte("v2"), time.Minute) {
@@ -100,9 +100,9 @@ func TestCache_SetNXAndCompareAndSwap(t *testing.T) {
 	// A lease that expired is gone: the next SetNX takes the key over and
 	// the old holder's swap fails.
 	c.Delete("k")
-	c.SetNX("k", []byte("lease3"), time.Second)
+	c.SetNX("k", []byte("lease3"), time.Second, "lease")
 	clk.t = clk.t.Add(time.Second)
-	if _, ok := c.SetNX("k", []byte("lease4"), time.Second); !ok {
+	if _, ok := c.SetNX("k", []byte("lease4"), time.Second, "lease"); !ok {
 		t.Fatal("SetNX over an expired lease failed")
 	}
 	if c.CompareAndSwap("k", []byte("lease3"), []byte("old"), time.Minute) {
@@ -117,5 +117,15 @@ func TestCache_SetNXAndCompareAndSwap(t *testing.T) {
 	}
 	if c.CompareAndSwap("missing", nil, []byte("x"), 0) {
 		t.Fatal("CompareAndSwap on an absent key succeeded")
+	}
+	// A lease never lives for ever: one without an expiry counts as empty,
+	// while any other value without one is kept.
+	c.Set("k", []byte("lease-planted"), 0)
+	if old, ok := c.SetNX("k", []byte("lease5"), time.Second, "lease"); !ok || old != nil {
+		t.Fatalf("SetNX over a lease without expiry = %q, %v, want nil, true", old, ok)
+	}
+	c.Set("v", []byte("value"), 0)
+	if old, ok := c.SetNX("v", []byte("lease6"), time.Second, "lease"); ok || string(old) != "value" {
+		t.Fatalf("SetNX over a value without expiry = %q, %v, want value, false", old, ok)
 	}
 }

@@ -9,12 +9,22 @@ import (
 )
 
 // setNX stores ARGV[1] under KEYS[1] for ARGV[2] milliseconds if the key is
-// empty and returns false; otherwise it returns what the key holds. It is
-// SET NX GET PX, written as a script so that it also runs on Redis before
-// 7.0, which refuses NX and GET together.
+// empty and returns false; otherwise it returns what the key holds. A key
+// that holds a lease (a value that starts with ARGV[3]) without an expiry
+// counts as empty, and so does a key of another type than a string, which
+// is deleted: neither holds anything the cache could use. It is SET NX GET
+// PX, written as a script so that it also runs on Redis before 7.0, which
+// refuses NX and GET together.
 var setNX = redis.NewScript(`
-local v = redis.call('GET', KEYS[1])
-if v then return v end
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t == 'string' then
+  local v = redis.call('GET', KEYS[1])
+  if string.sub(v, 1, string.len(ARGV[3])) ~= ARGV[3] or redis.call('PTTL', KEYS[1]) >= 0 then
+    return v
+  end
+elseif t ~= 'none' then
+  redis.call('DEL', KEYS[1])
+end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return false`)
 
@@ -33,9 +43,11 @@ end
 return 1`)
 
 // SetNX stores b under key for ttl if key is empty and returns nil and
-// true; otherwise it returns what key holds and false. One round trip.
-func (c *Cache) SetNX(ctx context.Context, key string, b []byte, ttl time.Duration) ([]byte, bool, error) {
-	v, err := setNX.Run(ctx, c.c, []string{c.prefix + key}, b, ms(ttl)).Text()
+// true; otherwise it returns what key holds and false. A value that starts
+// with leasePrefix and has no expiry, and a key of another type, count as
+// empty. One round trip.
+func (c *Cache) SetNX(ctx context.Context, key string, b []byte, ttl time.Duration, leasePrefix string) ([]byte, bool, error) {
+	v, err := setNX.Run(ctx, c.c, []string{c.prefix + key}, b, ms(ttl), leasePrefix).Text()
 	if errors.Is(err, redis.Nil) {
 		return nil, true, nil
 	}

@@ -11,13 +11,36 @@ import (
 )
 
 // acquireLock sets KEYS[1] to the owner ARGV[1] for ARGV[2] milliseconds if
-// it is free, and then returns {1, INCR KEYS[2]}: the new fencing token.
-// When the lock is held it returns {0, PTTL KEYS[1]}.
+// it is free, and returns {1, token}: the fencing counter KEYS[2], plus one.
+// When the lock is held it returns {0, PTTL KEYS[1]}. It checks everything
+// before it changes anything, so that no stored value can leave the lock
+// half-taken: a lock key without an expiry, or of another type, holds no
+// lock (every lock expires); a fencing counter that is not a whole number
+// below 2^53 restarts from the server's clock in microseconds, above any
+// token it could have issued.
 var acquireLock = redis.NewScript(`
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return {1, redis.call('INCR', KEYS[2])}
+local lt = redis.call('TYPE', KEYS[1])['ok']
+if lt == 'string' and redis.call('PTTL', KEYS[1]) >= 0 then
+  return {0, redis.call('PTTL', KEYS[1])}
 end
-return {0, redis.call('PTTL', KEYS[1])}`)
+local n = 0
+local ft = redis.call('TYPE', KEYS[2])['ok']
+if ft ~= 'none' then
+  local f = nil
+  if ft == 'string' then f = tonumber(redis.call('GET', KEYS[2])) end
+  if f and f >= 0 and f == math.floor(f) and f < 9007199254740000 then
+    n = f
+  else
+    local now = redis.call('TIME')
+    n = tonumber(now[1]) * 1000000 + tonumber(now[2])
+  end
+end
+n = n + 1
+if lt ~= 'none' then redis.call('DEL', KEYS[1]) end
+if ft ~= 'none' and ft ~= 'string' then redis.call('DEL', KEYS[2]) end
+redis.call('SET', KEYS[2], string.format('%d', n))
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return {1, n}`)
 
 // extendLock resets KEYS[1]'s expiry to ARGV[2] milliseconds if ARGV[1]
 // still owns it, and returns 1; otherwise 0.
@@ -36,8 +59,9 @@ end
 return 0`)
 
 // LockKeys returns the Redis keys of the lock named name and of its fencing
-// counter. Both carry the same hash tag, so a cluster keeps them in one slot
-// and one script may touch both.
+// counter, in the namespace the library keeps for itself ("cacheaside:").
+// Both carry the same hash tag, so a cluster keeps them in one slot and one
+// script may touch both.
 func (c *Cache) LockKeys(name string) (lock, fence string) {
 	tag := name
 	if tag == "" || strings.ContainsAny(tag, "{}") {
@@ -45,7 +69,7 @@ func (c *Cache) LockKeys(name string) (lock, fence string) {
 		// hashes the whole key: use a digest of the name instead.
 		tag = digest(name)
 	}
-	base := c.prefix + "lock:{" + tag + "}"
+	base := c.prefix + "cacheaside:lock:{" + tag + "}"
 	if tag != name {
 		base += ":" + name
 	}

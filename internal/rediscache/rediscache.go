@@ -11,6 +11,7 @@ package rediscache
 import (
 	"context"
 	"errors"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -134,4 +135,34 @@ func (c *Cache) Delete(ctx context.Context, keys ...string) error {
 		return nil
 	})
 	return err
+}
+
+// IsWrongType reports whether err is Redis's reply to a command on a key
+// that holds another type of value.
+func IsWrongType(err error) bool {
+	var re redis.Error
+	return errors.As(err, &re) && strings.HasPrefix(re.Error(), "WRONGTYPE")
+}
+
+// known is a context that is already done: a cluster client given it
+// answers from the layout it knows, and fails at once if it knows none.
+var known = func() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}()
+
+// Shard returns the address of the cluster master that holds key, or ""
+// for a client that is not a cluster client, or while the cluster's layout
+// is not known. It never waits on the network.
+func (c *Cache) Shard(key string) string {
+	cc, ok := c.c.(*redis.ClusterClient)
+	if !ok {
+		return ""
+	}
+	n, err := cc.MasterForKey(known, c.prefix+key)
+	if err != nil {
+		return ""
+	}
+	return n.Options().Addr
 }

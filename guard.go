@@ -1,0 +1,370 @@
+package cacheaside
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sony/gobreaker/v2"
+)
+
+// Every call the engine makes to the cache goes through a guard, which
+// keeps a sick cache cheap:
+//
+//   - A time box (WithCacheTimeout) bounds the caller's wait, whatever the
+//     client's own settings: go-redis ignores context deadlines on socket
+//     reads unless ContextTimeoutEnabled is set, and retries a timed-out
+//     read up to MaxRetries times. The call runs on a goroutine of its own
+//     with a context that carries the box's deadline; the caller stops
+//     waiting when the box ends, and the goroutine ends when the client
+//     gives up by its own timeouts. At most maxStragglers such goroutines
+//     may outlive their box at once: past that, calls fail at once.
+//   - A circuit breaker (sony/gobreaker) per shard of the cache: a
+//     Redis Cluster master is a shard (see Sharder), any other cache is
+//     one. Consecutive failures or time-outs open it; while it is open no
+//     call is sent to that shard, and after a cooldown one probe is let
+//     through to close it again.
+//
+// A miss, an entry that does not decode and the end of the caller's own
+// context are not failures.
+
+// maxStragglers bounds the cache calls that may outlive their time box at
+// once, that is the goroutines a hung cache can hold.
+const maxStragglers = 1024
+
+// ErrCacheUnavailable reports a cache call that was not sent or not waited
+// for: the shard's circuit breaker was open, the call outlived its time
+// box, or too many calls already had.
+var ErrCacheUnavailable = errors.New("cacheaside: cache unavailable")
+
+// A Sharder is an optional interface of a CacheClient spread over servers
+// that fail independently, such as a Redis Cluster: Shard names the server
+// that holds key. The service keeps a circuit breaker per shard, so that a
+// dead server only sends its own keys to the repository. NewRedisCache
+// implements it for cluster clients.
+type Sharder interface {
+	Shard(key string) string
+}
+
+// inProcess marks the caches that live in this process (the memory cache,
+// no cache): their calls cannot hang on a network, and run without a time
+// box.
+type inProcess interface{ inProcess() }
+
+// guard time-boxes and breaks the calls to one cache.
+type guard struct {
+	c       CacheClient
+	multi   MultiGetter // nil when c does not implement it
+	leaser  Leaser      // nil when c does not implement it
+	sharder Sharder     // nil when c does not implement it
+	inProc  bool        // c lives in this process and cannot hang on a network
+	timeout time.Duration
+	st      gobreaker.Settings
+	log     *slog.Logger
+	m       *counters
+
+	mu       sync.Mutex // protects breakers
+	breakers map[string]*gobreaker.TwoStepCircuitBreaker[struct{}]
+	open     atomic.Int64 // shards whose breaker is not closed
+
+	stragglers atomic.Int64 // calls running past their time box
+}
+
+func newGuard(c CacheClient, o options, m *counters) *guard {
+	g := &guard{c: c, timeout: o.cacheTimeout, log: o.logger, m: m,
+		breakers: make(map[string]*gobreaker.TwoStepCircuitBreaker[struct{}])}
+	g.multi, _ = c.(MultiGetter)
+	g.leaser, _ = c.(Leaser)
+	g.sharder, _ = c.(Sharder)
+	_, g.inProc = c.(inProcess)
+	g.st = breakerSettings("cache", o.cacheBreaker, g.log, func(from, to gobreaker.State) {
+		switch {
+		case to == gobreaker.StateOpen:
+			m.cacheBreakerOpens.Add(1)
+			if from == gobreaker.StateClosed {
+				g.open.Add(1)
+			}
+		case to == gobreaker.StateClosed:
+			g.open.Add(-1)
+		}
+	})
+	return g
+}
+
+// breakerSettings configures a breaker that opens after b.failures
+// consecutive failures, stays open for b.cooldown, then lets one probe
+// through; it logs every change of state and reports it to changed.
+func breakerSettings(what string, b breakerOptions, log *slog.Logger, changed func(from, to gobreaker.State)) gobreaker.Settings {
+	return gobreaker.Settings{
+		Name:        what,
+		MaxRequests: 1,
+		Timeout:     b.cooldown,
+		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= uint32(b.failures) },
+		OnStateChange: func(name string, from, to gobreaker.State) {
+			level := slog.LevelWarn
+			if to == gobreaker.StateClosed {
+				level = slog.LevelInfo
+			}
+			log.Log(context.Background(), level, "cacheaside: circuit breaker "+to.String(), "breaker", name, "from", from.String())
+			changed(from, to)
+		},
+		IsExcluded: func(err error) bool { return errors.Is(err, errCallerGone) },
+	}
+}
+
+// errCallerGone marks a call whose caller's context ended first: neither a
+// success nor a failure of the cache.
+var errCallerGone = errors.New("caller gone")
+
+func (g *guard) shard(key string) string {
+	if g.sharder == nil {
+		return ""
+	}
+	return g.sharder.Shard(key)
+}
+
+func (g *guard) breaker(shard string) *gobreaker.TwoStepCircuitBreaker[struct{}] {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	b, ok := g.breakers[shard]
+	if !ok {
+		st := g.st
+		if shard != "" {
+			st.Name = "cache " + shard
+		}
+		b = gobreaker.NewTwoStepCircuitBreaker[struct{}](st)
+		g.breakers[shard] = b
+	}
+	return b
+}
+
+// available reports whether the shard of key takes calls now.
+func (g *guard) available(key string) bool {
+	if g.open.Load() == 0 {
+		return true
+	}
+	return g.breaker(g.shard(key)).State() != gobreaker.StateOpen
+}
+
+// do runs op against the shard within the time box, and reports how it
+// went to the shard's breaker. op must not touch memory the caller keeps
+// after do returns, except through what op itself returns.
+func (g *guard) do(ctx context.Context, shard string, op func(ctx context.Context) error) error {
+	done, err := g.breaker(shard).Allow()
+	if err != nil {
+		g.m.cacheRejected.Add(1)
+		return fmt.Errorf("%w: circuit breaker open", ErrCacheUnavailable)
+	}
+	if g.stragglers.Load() >= maxStragglers {
+		done(ErrCacheUnavailable)
+		g.m.cacheRejected.Add(1)
+		return fmt.Errorf("%w: %d calls already outlived their time box", ErrCacheUnavailable, maxStragglers)
+	}
+	if g.inProc {
+		err := op(ctx)
+		done(g.outcome(ctx, err))
+		return err
+	}
+	bctx, cancel := context.WithTimeout(ctx, g.timeout)
+	c := &call{done: make(chan error, 1)}
+	go func() {
+		err := op(bctx)
+		c.done <- err
+		if !c.state.CompareAndSwap(running, finished) { // abandoned
+			g.stragglers.Add(-1)
+		}
+		cancel()
+	}()
+	select {
+	case err := <-c.done:
+		cancel()
+		done(g.outcome(ctx, err))
+		return err
+	case <-bctx.Done():
+	}
+	if !c.state.CompareAndSwap(running, abandoned) {
+		// It finished as the box ended: take its answer.
+		err := <-c.done
+		done(g.outcome(ctx, err))
+		return err
+	}
+	g.stragglers.Add(1)
+	if err := ctx.Err(); err != nil {
+		done(errCallerGone)
+		return err
+	}
+	g.m.cacheTimeouts.Add(1)
+	done(ErrCacheUnavailable)
+	return fmt.Errorf("%w: no answer within %v", ErrCacheUnavailable, g.timeout)
+}
+
+// outcome is what a call's error means to the breaker.
+func (g *guard) outcome(ctx context.Context, err error) error {
+	switch {
+	case err == nil, errors.Is(err, ErrCacheMiss), isDecodeError(err):
+		return nil
+	case ctx.Err() != nil:
+		return errCallerGone
+	}
+	return err
+}
+
+// call is one time-boxed cache call.
+type call struct {
+	done  chan error
+	state atomic.Int32
+}
+
+const (
+	running int32 = iota
+	finished
+	abandoned
+)
+
+// get reads key's raw entry.
+func (g *guard) get(ctx context.Context, key string) (json.RawMessage, error) {
+	var raw json.RawMessage
+	err := g.do(ctx, g.shard(key), func(ctx context.Context) error {
+		var r json.RawMessage
+		err := g.c.GetJSON(ctx, key, &r)
+		raw = r
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return raw, nil
+}
+
+// set stores raw under key for ttl.
+func (g *guard) set(ctx context.Context, key string, raw json.RawMessage, ttl time.Duration) error {
+	return g.do(ctx, g.shard(key), func(ctx context.Context) error { return g.c.SetJSON(ctx, key, raw, ttl) })
+}
+
+// setNX places val under an empty key; see Leaser.
+func (g *guard) setNX(ctx context.Context, key string, val []byte, ttl time.Duration) ([]byte, error) {
+	var held []byte
+	err := g.do(ctx, g.shard(key), func(ctx context.Context) error {
+		h, err := g.leaser.SetNX(ctx, key, val, ttl)
+		held = h
+		return err
+	})
+	return held, err
+}
+
+// cas swaps key's value from old to val; see Leaser.
+func (g *guard) cas(ctx context.Context, key string, old, val []byte, ttl time.Duration) (bool, error) {
+	var ok bool
+	err := g.do(ctx, g.shard(key), func(ctx context.Context) error {
+		s, err := g.leaser.CompareAndSwap(ctx, key, old, val, ttl)
+		ok = s
+		return err
+	})
+	return ok, err
+}
+
+// byShard groups the indexes of keys by shard, in order of first
+// appearance.
+func (g *guard) byShard(keys []string) (shards []string, groups [][]int) {
+	if g.sharder == nil {
+		all := make([]int, len(keys))
+		for i := range all {
+			all[i] = i
+		}
+		return []string{""}, [][]int{all}
+	}
+	at := make(map[string]int)
+	for i, k := range keys {
+		sh := g.shard(k)
+		n, ok := at[sh]
+		if !ok {
+			n = len(shards)
+			at[sh] = n
+			shards = append(shards, sh)
+			groups = append(groups, nil)
+		}
+		groups[n] = append(groups[n], i)
+	}
+	return shards, groups
+}
+
+// eachShard runs op once per shard of keys, concurrently, with the keys of
+// that shard, and returns for each key the error of its shard's call.
+func (g *guard) eachShard(ctx context.Context, keys []string, op func(ctx context.Context, idx []int, keys []string) error) []error {
+	shards, groups := g.byShard(keys)
+	errs := make([]error, len(keys))
+	run := func(n int) {
+		idx := groups[n]
+		sub := make([]string, len(idx))
+		for j, i := range idx {
+			sub[j] = keys[i]
+		}
+		if err := g.do(ctx, shards[n], func(ctx context.Context) error { return op(ctx, idx, sub) }); err != nil {
+			for _, i := range idx {
+				errs[i] = err
+			}
+		}
+	}
+	if len(shards) == 1 {
+		run(0)
+		return errs
+	}
+	var wg sync.WaitGroup
+	for n := range shards {
+		wg.Go(func() { run(n) })
+	}
+	wg.Wait()
+	return errs
+}
+
+// getMulti reads many keys, one call per shard. errs[i] is the error of
+// key i's shard, whose keys are then unread.
+func (g *guard) getMulti(ctx context.Context, keys []string) (raws []json.RawMessage, errs []error) {
+	out := make([]json.RawMessage, len(keys))
+	var mu sync.Mutex // protects out against a call that outlived its box
+	errs = g.eachShard(ctx, keys, func(ctx context.Context, idx []int, sub []string) error {
+		r, err := g.multi.GetMulti(ctx, sub)
+		if err == nil && len(r) != len(sub) {
+			err = fmt.Errorf("GetMulti returned %d values for %d keys", len(r), len(sub))
+		}
+		if err != nil {
+			return err
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		for j, i := range idx {
+			out[i] = r[j]
+		}
+		return nil
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	raws = make([]json.RawMessage, len(keys))
+	for i := range out {
+		if errs[i] == nil {
+			raws[i] = out[i]
+		}
+	}
+	return raws, errs
+}
+
+// del deletes keys, one call per shard, and returns those it could not.
+func (g *guard) del(ctx context.Context, keys []string) (failed []string, err error) {
+	errs := g.eachShard(ctx, keys, func(ctx context.Context, _ []int, sub []string) error {
+		return g.c.Delete(ctx, sub...)
+	})
+	for i, e := range errs {
+		if e != nil {
+			failed = append(failed, keys[i])
+			if err == nil {
+				err = e
+			}
+		}
+	}
+	return failed, err
+}
