@@ -143,14 +143,6 @@ func (g *guard) breaker(shard string) *gobreaker.TwoStepCircuitBreaker[struct{}]
 	return b
 }
 
-// available reports whether the shard of key takes calls now.
-func (g *guard) available(key string) bool {
-	if g.open.Load() == 0 {
-		return true
-	}
-	return g.breaker(g.shard(key)).State() != gobreaker.StateOpen
-}
-
 // do runs op against the shard within the time box, and reports how it
 // went to the shard's breaker. op must not touch memory the caller keeps
 // after do returns, except through what op itself returns.
