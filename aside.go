@@ -47,6 +47,7 @@ type Aside[K comparable, V any] struct {
 	inv    pending
 	bg     background
 	onJoin func(key string) // tests: called once a caller waits on a flight
+	now    func() time.Time // when entries expire; tests move it
 	m      counters
 }
 
@@ -79,6 +80,7 @@ func newAside[K comparable, V any](cache CacheClient, key func(K) string, load L
 		notFound: notFound,
 		o:        o,
 		log:      o.logger,
+		now:      time.Now,
 	}
 	a.g = newGuard(cache, o, &a.m)
 	a.rb = newRepoBreaker(o, &a.m)

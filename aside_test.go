@@ -75,6 +75,7 @@ func TestAside_GenericEntity(t *testing.T) {
 		require.Equal(t, 350, p3.Price)
 
 		fc.failDel.Store(true)
+		defer a.Close() // stops the retries of the delete that fails
 		err = a.Invalidate(ctx, "tea-1")
 		require.ErrorIs(t, err, errInjected)
 		require.Equal(t, int64(1), a.Metrics().CacheInvalidationErrors)
@@ -102,6 +103,7 @@ func TestUserService_CacheFailureFallsBackToDB(t *testing.T) {
 		fc := newFaultCache(b.cache)
 		var logs bytes.Buffer
 		svc := NewUserService(repo, fc, WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+		defer svc.Close()
 
 		fc.failGet.Store(true)
 		fc.failSet.Store(true)
@@ -113,8 +115,14 @@ func TestUserService_CacheFailureFallsBackToDB(t *testing.T) {
 		m := svc.GetMetrics()
 		require.Equal(t, int64(3), repo.gets.Load())
 		require.GreaterOrEqual(t, m.CacheErrors, int64(3))
-		require.Equal(t, int64(3), m.CacheWriteErrors)
+		require.Zero(t, fc.sets.Load(), "a cache that just failed a read is not filled")
 		require.Contains(t, logs.String(), "falling back to the repository")
+
+		fc.failGet.Store(false) // reads miss, fills fail
+		got, err := svc.GetUser(ctx, u.ID)
+		require.NoError(t, err, "a failed fill must never fail a read")
+		require.Equal(t, "frank", got.Name)
+		require.Equal(t, int64(1), svc.GetMetrics().CacheWriteErrors)
 
 		fc.failDel.Store(true)
 		fc.failGet.Store(false)

@@ -177,6 +177,7 @@ func TestUserService_RedisDown(t *testing.T) {
 	repo := newTestRepo()
 	u := seedUser(t, repo, "gina")
 	svc := NewUserService(repo, b.cache)
+	defer svc.Close()
 	_, err := svc.GetUser(ctx, u.ID)
 	require.NoError(t, err)
 

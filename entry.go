@@ -48,7 +48,7 @@ const (
 
 // encode returns the entry to store for v under key, fresh for ttl from now.
 func (a *Aside[K, V]) encode(key string, v *V, ttl time.Duration) (json.RawMessage, error) {
-	return json.Marshal(entry[V]{Key: key, Expires: time.Now().Add(ttl).UnixMilli(), Value: v})
+	return json.Marshal(entry[V]{Key: key, Expires: a.now().Add(ttl).UnixMilli(), Value: v})
 }
 
 // lookup reads key from the cache. Cache failures are counted and reported
@@ -97,7 +97,7 @@ func (a *Aside[K, V]) decode(ctx context.Context, id K, key string, raw json.Raw
 	if exp.IsZero() {
 		return v, stHit
 	}
-	switch now := time.Now(); {
+	switch now := a.now(); {
 	case now.Before(exp):
 		return v, stHit
 	case a.o.failSafe > 0 && now.Before(exp.Add(a.o.failSafe)):

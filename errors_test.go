@@ -130,6 +130,7 @@ func TestErrors_SaidOnce(t *testing.T) {
 		saidOnce(t, lock.Err(), ErrLockNotHeld)
 
 		a := NewAside(cache, "product", func(context.Context, int) (*product, error) { return nil, ErrNotFound })
+		defer a.Close()
 		mr.Close()
 		err = a.Invalidate(ctx, 5)
 		saidOnce(t, err)

@@ -49,5 +49,5 @@ func (a *Aside[K, V]) restoreTTL(key string, raw json.RawMessage) time.Duration 
 	if json.Unmarshal(raw, &e) != nil || e.Key != key || e.Expires == 0 {
 		return 0
 	}
-	return time.Until(time.UnixMilli(e.Expires).Add(a.o.failSafe))
+	return time.UnixMilli(e.Expires).Add(a.o.failSafe).Sub(a.now())
 }

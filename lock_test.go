@@ -222,3 +222,42 @@ func redisSlot(key string) string {
 	}
 	return key
 }
+
+// TestLock_PlantedValuesNeverStallIt: whatever sits in the lock's keys, the
+// lock can be taken and its fencing tokens keep increasing: a broken
+// fencing counter (not a number, a huge number, another type), a lock key
+// without an expiry, and a lock key of another type.
+func TestLock_PlantedValuesNeverStallIt(t *testing.T) {
+	forEachLockBackend(t, func(t *testing.T, lb lockBackend) {
+		ctx := context.Background()
+		rc := lb.newCache(t)
+		lockKey, fenceKey := rc.c.LockKeys("job")
+		take := func() int64 {
+			t.Helper()
+			actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			defer cancel()
+			l, err := rc.AcquireLock(actx, "job", time.Minute)
+			require.NoError(t, err, "the lock must stay acquirable")
+			require.NoError(t, l.Release(ctx))
+			return l.FencingToken()
+		}
+		last := take()
+		plants := []struct {
+			name  string
+			plant func()
+		}{
+			{"fence not a number", func() { lb.raw.Set(ctx, fenceKey, "garbage", 0) }},
+			{"fence too large", func() { lb.raw.Set(ctx, fenceKey, "99999999999999999999", 0) }},
+			{"fence a fraction", func() { lb.raw.Set(ctx, fenceKey, "12.5", 0) }},
+			{"fence of another type", func() { lb.raw.Del(ctx, fenceKey); lb.raw.HSet(ctx, fenceKey, "f", "1") }},
+			{"lock without expiry", func() { lb.raw.Set(ctx, lockKey, "someone", 0) }},
+			{"lock of another type", func() { lb.raw.RPush(ctx, lockKey, "x") }},
+		}
+		for _, p := range plants {
+			p.plant()
+			token := take()
+			require.Greater(t, token, last, "%s: the fencing token must still increase", p.name)
+			last = token
+		}
+	})
+}

@@ -160,7 +160,9 @@ func (a *Aside[K, V]) lead(parent context.Context, id K, f fill, tag *byte, useC
 				r.stale = stale[V]{v: v, raw: raw, at: at}
 			}
 		}
-		f.mode = fillSet
+		if useCache {
+			f.mode = fillSet
+		}
 		a.loadInto(ctx, id, f, r)
 	}
 	return r

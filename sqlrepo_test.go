@@ -58,7 +58,7 @@ func forEachSQLBackend(t *testing.T, fn func(t *testing.T, b sqlBackend)) {
 		table := "users_" + strings.NewReplacer("cacheaside-test:", "", ":", "").Replace(uniquePrefix(t))
 		repo, err := NewSQLRepository(context.Background(), db, PostgreSQL, WithTable(table))
 		require.NoError(t, err)
-		t.Cleanup(func() { db.Exec(`DROP TABLE IF EXISTS ` + table) })
+		t.Cleanup(func() { db.Exec(`DROP TABLE IF EXISTS ` + table + `, ` + table + `_outbox`) })
 		fn(t, sqlBackend{name: "postgresql", repo: repo})
 	})
 }
