@@ -202,6 +202,7 @@ func (a *Aside[K, V]) landedNow(seqs []int64) {
 // delete that fails is then no longer retried.
 func (a *Aside[K, V]) Close() error {
 	a.bg.close()
+	a.g.w.close()
 	return nil
 }
 

@@ -26,7 +26,8 @@ func benchRedis(b *testing.B) (redis.UniversalClient, string) {
 }
 
 // hitFixture is a service over Redis with one cached user, and the raw key
-// the user is stored under.
+// of a copy of the user stored as a hand-written cache would store it: its
+// bare JSON, for the baseline to read.
 func hitFixture(b *testing.B) (svc *UserService, rdb redis.UniversalClient, rawKey string, id int) {
 	rdb, _ = benchRedis(b)
 	prefix := uniquePrefix(b)
@@ -37,10 +38,16 @@ func hitFixture(b *testing.B) (svc *UserService, rdb redis.UniversalClient, rawK
 		b.Fatal(err)
 	}
 	svc = NewUserService(repo, NewRedisCache(rdb, WithKeyPrefix(prefix)))
+	b.Cleanup(func() { svc.Close() })
 	if _, err := svc.GetUser(context.Background(), u.ID); err != nil { // warm
 		b.Fatal(err)
 	}
-	return svc, rdb, prefix + userCacheKey(u.ID), u.ID
+	plain, _ := json.Marshal(u)
+	rawKey = prefix + "plain:" + userCacheKey(u.ID)
+	if err := rdb.Set(context.Background(), rawKey, plain, 0).Err(); err != nil {
+		b.Fatal(err)
+	}
+	return svc, rdb, rawKey, u.ID
 }
 
 func rawGet(ctx context.Context, b *testing.B, rdb redis.UniversalClient, key string) {

@@ -14,7 +14,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
 	"golang.org/x/sync/singleflight"
+
+	"github.com/cacheaside/cacheaside/internal/faultproxy"
+	"github.com/cacheaside/cacheaside/internal/redisproc"
 )
 
 // This file is a randomized consistency checker. Several service instances,
@@ -191,12 +196,16 @@ type event struct {
 	key        int
 	version    int
 	begin, end int64
+	at         time.Time // wall time: when a read began, when a write was acknowledged
 }
 
 type checkResult struct {
 	ops                       int // operations issued: read calls and writes
 	reads, writes, violations int // reads counts each value a read returned
 	example                   string
+	// window is the longest a stale read came after the first write it
+	// missed was acknowledged.
+	window time.Duration
 }
 
 type checkConfig struct {
@@ -229,7 +238,7 @@ func runChecker(t *testing.T, cfg checkConfig, svcs []checkedService) checkResul
 		for range perWorker {
 			svc := svcs[rand.N(len(svcs))]
 			id := 1 + rand.N(cfg.keys)
-			begin := clock.Add(1)
+			begin, beginAt := clock.Add(1), time.Now()
 			if write {
 				u := &User{ID: id, Name: "w", Email: "u@example.com"}
 				if err := svc.UpdateUser(ctx, u); err != nil {
@@ -237,7 +246,7 @@ func runChecker(t *testing.T, cfg checkConfig, svcs []checkedService) checkResul
 					return
 				}
 				v, _ := strconv.Atoi(strings.TrimPrefix(u.Name, "v"))
-				evs = append(evs, event{write: true, key: id, version: v, begin: begin, end: clock.Add(1)})
+				evs = append(evs, event{write: true, key: id, version: v, begin: begin, end: clock.Add(1), at: time.Now()})
 				continue
 			}
 			if bs, ok := svc.(*UserService); ok && n%4 == 0 { // some reads are batches
@@ -253,7 +262,7 @@ func runChecker(t *testing.T, cfg checkConfig, svcs []checkedService) checkResul
 				}
 				for i, u := range got {
 					v, _ := strconv.Atoi(strings.TrimPrefix(u.Name, "v"))
-					evs = append(evs, event{key: ids[i], version: v, begin: begin, end: end})
+					evs = append(evs, event{key: ids[i], version: v, begin: begin, end: end, at: beginAt})
 				}
 				n++
 				continue
@@ -265,7 +274,7 @@ func runChecker(t *testing.T, cfg checkConfig, svcs []checkedService) checkResul
 				return
 			}
 			v, _ := strconv.Atoi(strings.TrimPrefix(u.Name, "v"))
-			evs = append(evs, event{key: id, version: v, begin: begin, end: end})
+			evs = append(evs, event{key: id, version: v, begin: begin, end: end, at: beginAt})
 			n++
 		}
 	}
@@ -303,14 +312,19 @@ func check(history []event) checkResult {
 		}
 		res.reads++
 		newest := 0
+		var missed time.Time // when the first write the read missed was acknowledged
 		for _, w := range writes[r.key] {
 			if w.end >= r.begin {
 				break
 			}
 			newest = max(newest, w.version)
+			if w.version > r.version && missed.IsZero() {
+				missed = w.at
+			}
 		}
 		if r.version < newest {
 			res.violations++
+			res.window = max(res.window, r.at.Sub(missed))
 			if res.example == "" {
 				res.example = fmt.Sprintf("key %d: read at %d returned v%d, but v%d was acknowledged before it began", r.key, r.begin, r.version, newest)
 			}
@@ -377,4 +391,86 @@ func TestConsistency_NoStaleReads(t *testing.T) {
 			t.Errorf("the checker found no stale read in the seed's algorithm over %d operations: it has no teeth", seed.reads+seed.writes)
 		}
 	})
+}
+
+// TestConsistency_WithFaults runs the checker against a redis-server of its
+// own while Redis is paused and resumed and one instance's connections are
+// reset again and again. A write whose delete failed may be seen stale by
+// another instance until the retry lands: the test reports how many such
+// reads there were and the longest window. Once every pending invalidation
+// has landed, every instance reads the newest version of every key.
+func TestConsistency_WithFaults(t *testing.T) {
+	srv := redisproc.Start(t, redisproc.Options{})
+	cfg := defaultCheck
+	if testing.Short() {
+		cfg.ops = 1000
+	}
+	repo := newVersionedRepo(cfg.keys, cfg.repoDelay)
+	svcs := make([]checkedService, cfg.instances)
+	users := make([]*UserService, cfg.instances)
+	proxies := make([]*faultproxy.Proxy, cfg.instances)
+	for i := range svcs {
+		p, err := faultproxy.New(srv.Addr())
+		require.NoError(t, err)
+		t.Cleanup(func() { p.Close() })
+		c := redis.NewClient(&redis.Options{Addr: p.Addr()})
+		t.Cleanup(func() { c.Close() })
+		users[i] = NewUserService(repo, delayCache{c: NewRedisCache(c), maxDelay: cfg.cacheDelay}, WithRelatedKeys(nil))
+		t.Cleanup(func() { users[i].Close() })
+		svcs[i], proxies[i] = users[i], p
+	}
+
+	stop := make(chan struct{})
+	var faults sync.WaitGroup
+	var pauses, resets atomic.Int64
+	faults.Go(func() { // Redis stalls for 150 ms every 400 ms
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(250 * time.Millisecond):
+			}
+			srv.Pause()
+			pauses.Add(1)
+			time.Sleep(150 * time.Millisecond)
+			srv.Resume()
+		}
+	})
+	faults.Go(func() { // instance 0's connections are reset every 30 ms
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(30 * time.Millisecond):
+				proxies[0].ResetAll()
+				resets.Add(1)
+			}
+		}
+	})
+	res := runChecker(t, cfg, svcs)
+	close(stop)
+	faults.Wait()
+
+	var retries, pausesOpened int64
+	for _, u := range users {
+		require.Eventually(t, func() bool { return u.GetMetrics().PendingInvalidations == 0 }, 10*time.Second, 10*time.Millisecond)
+		m := u.GetMetrics()
+		retries += m.InvalidationRetries
+		pausesOpened += m.CacheBreakerOpens
+	}
+	t.Logf("checker with faults (%d pauses of Redis, %d resets of instance 0's connections): %d stale reads in %d operations (%d values read, %d writes), longest window %v; %d invalidation retries, %d breaker openings; first: %s",
+		pauses.Load(), resets.Load(), res.violations, res.ops, res.reads, res.writes, res.window.Round(time.Millisecond), retries, pausesOpened, res.example)
+
+	// Every pending invalidation has landed: no instance serves an old
+	// version any more.
+	ctx := context.Background()
+	for i, u := range users {
+		for id := 1; id <= cfg.keys; id++ {
+			want, err := repo.GetUser(ctx, id)
+			require.NoError(t, err)
+			got, err := u.GetUser(ctx, id)
+			require.NoError(t, err)
+			require.Equal(t, want.Name, got.Name, "instance %d serves an old version of user %d after every invalidation landed", i, id)
+		}
+	}
 }

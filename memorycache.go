@@ -13,6 +13,8 @@ var (
 	_ MultiGetter = (*MemoryCache)(nil)
 	_ Sizer       = (*MemoryCache)(nil)
 	_ Leaser      = (*MemoryCache)(nil)
+
+	_ ContextBounded = (*MemoryCache)(nil)
 )
 
 // MemoryCache is a CacheClient that keeps JSON-encoded values in process
@@ -116,6 +118,10 @@ func (m *MemoryCache) CompareAndSwap(ctx context.Context, key string, old, val [
 }
 
 func (m *MemoryCache) inProcess() {}
+
+// BoundedByContext reports true: the memory cache never waits (see
+// ContextBounded).
+func (m *MemoryCache) BoundedByContext() bool { return true }
 
 // Len reports how many unexpired entries the cache holds.
 func (m *MemoryCache) Len() int64 { return int64(m.c.Len()) }

@@ -12,11 +12,12 @@ import (
 )
 
 var (
-	_ CacheClient = (*RedisCache)(nil)
-	_ MultiGetter = (*RedisCache)(nil)
-	_ Leaser      = (*RedisCache)(nil)
-	_ Sharder     = (*RedisCache)(nil)
-	_ Locker      = (*RedisCache)(nil)
+	_ CacheClient    = (*RedisCache)(nil)
+	_ MultiGetter    = (*RedisCache)(nil)
+	_ Leaser         = (*RedisCache)(nil)
+	_ Sharder        = (*RedisCache)(nil)
+	_ Locker         = (*RedisCache)(nil)
+	_ ContextBounded = (*RedisCache)(nil)
 )
 
 // RedisCache is a CacheClient over go-redis v9. It works with a plain
@@ -78,10 +79,10 @@ func (r *RedisCache) GetJSON(ctx context.Context, key string, dest any) error {
 		return err
 	}
 	b, ok, err := r.c.Get(ctx, key)
-	if rediscache.IsWrongType(err) { // the key holds no value of ours
-		return wrapErr("redis GET "+key, fmt.Errorf("%w: %w", ErrDecode, err))
-	}
 	if err != nil {
+		if rediscache.IsWrongType(err) { // the key holds no value of ours
+			err = fmt.Errorf("%w: %w", ErrDecode, err)
+		}
 		return wrapErr("redis GET "+key, err)
 	}
 	if !ok {
@@ -168,3 +169,15 @@ func (r *RedisCache) Shard(key string) string {
 	}
 	return r.c.Shard(key)
 }
+
+// BoundedByContext reports whether each call returns by its context's
+// deadline whatever Redis does, which lets the service make it on the
+// caller's own goroutine. go-redis honours context deadlines on socket
+// reads only with ContextTimeoutEnabled; for a plain or failover client
+// built without it, the cache talks through a clone of the client (from its
+// WithTimeout method) that shares its connection pool and timeouts and
+// honours context deadlines, and leaves the client given to it untouched.
+// A cluster client has no such clone: build it with
+// ContextTimeoutEnabled: true to make this true; otherwise each cache call
+// is handed to a worker goroutine, which costs a hit a few microseconds.
+func (r *RedisCache) BoundedByContext() bool { return r != nil && r.c != nil && r.c.Bounded() }

@@ -20,19 +20,47 @@ import (
 // Cache is a prefixed view of one Redis deployment. It is safe for
 // concurrent use; it holds no state of its own beyond its configuration.
 type Cache struct {
-	c       redis.UniversalClient
+	c       redis.UniversalClient // the client, or a clone of it (see New)
+	user    redis.UniversalClient // the client as it was given
 	prefix  string
 	cluster bool
+	bounded bool // every call returns by its context's deadline
 }
 
 // New returns a cache that stores every key under prefix on c.
+//
+// go-redis ignores a context's deadline on socket reads unless the client
+// was built with ContextTimeoutEnabled. For a plain or failover client
+// built without it, the cache talks through a clone made by WithTimeout,
+// which shares the client's connection pool and timeouts and differs only
+// in honouring context deadlines; the caller's client is left as it is. A
+// cluster client has no such clone: its calls honour their context's
+// deadline only if it was built with ContextTimeoutEnabled (see Bounded).
 func New(c redis.UniversalClient, prefix string) *Cache {
-	_, cluster := c.(*redis.ClusterClient)
-	return &Cache{c: c, prefix: prefix, cluster: cluster}
+	cc := &Cache{c: c, user: c, prefix: prefix}
+	switch x := c.(type) {
+	case *redis.Client:
+		if o := x.Options(); !o.ContextTimeoutEnabled {
+			b := x.WithTimeout(o.ReadTimeout)
+			b.Options().ContextTimeoutEnabled = true // the clone's own copy of the options
+			b.Options().WriteTimeout = o.WriteTimeout
+			cc.c = b
+		}
+		cc.bounded = true
+	case *redis.ClusterClient:
+		cc.cluster = true
+		cc.bounded = x.Options().ContextTimeoutEnabled
+	}
+	return cc
 }
 
-// Client returns the client the cache talks through.
-func (c *Cache) Client() redis.UniversalClient { return c.c }
+// Client returns the client the cache was given.
+func (c *Cache) Client() redis.UniversalClient { return c.user }
+
+// Bounded reports whether every call of the cache returns by its context's
+// deadline, whatever the server does: true for a plain or failover client,
+// and for a cluster client built with ContextTimeoutEnabled.
+func (c *Cache) Bounded() bool { return c.bounded }
 
 // Get returns the value under key and whether it was there.
 func (c *Cache) Get(ctx context.Context, key string) ([]byte, bool, error) {
