@@ -64,10 +64,10 @@
 // [UserCacheTTL] less a random jitter of up to 10%, so keys written together
 // do not expire together.
 //
-// A cache that fails (Redis down, a timeout) never fails a read: the read
-// falls back to the repository and the failure is counted in
-// [ServiceMetrics]. An entry that does not decode is treated as a miss,
-// counted as a decode error, and overwritten by the fill.
+// A cache that fails never fails a read, and never costs one more than a
+// time box (see "When things fail" below). An entry that is not a usable
+// value of its key is treated as a miss, counted, and overwritten by the
+// fill.
 //
 // # Write path
 //
@@ -78,12 +78,53 @@
 // [WithRelatedKeys]). Before deleting, a write moves the key to a new
 // generation: a read that starts after the write returns never joins a load
 // that started before it, and such a load's fill is dropped rather than
-// writing the old row back. A failed delete is counted and logged; it does
-// not fail the write, whose data is already durable.
+// writing the old row back. A failed delete is counted, logged and retried
+// until it lands (see below); it does not fail the write, whose data is
+// already durable.
 //
 // Within one process, this generation also keeps a fill through a cache
 // without leases from writing the old row back. Across processes that share
 // a cache, that is the leases' work (see above).
+//
+// # When things fail
+//
+// A cache that turns a Redis incident into an outage is worse than no
+// cache, so every failure has a bounded cost:
+//
+//   - Every cache call is time-boxed ([WithCacheTimeout], 100 ms by
+//     default), whatever the go-redis client's own timeouts and retries are.
+//     For a client that honours context deadlines (NewRedisCache arranges it
+//     for plain and failover clients without touching the caller's client;
+//     see [ContextBounded]) the call runs on the caller's goroutine; for any
+//     other it runs on a pooled worker, and the caller stops waiting at the
+//     box. The caller's own deadline holds on every path.
+//   - A circuit breaker per cache shard ([WithCacheBreaker]; a Redis Cluster
+//     master is a shard, see [Sharder]) opens after consecutive failures:
+//     reads then go straight to the repository, still one load per key per
+//     process, and writes queue their invalidations; after a cooldown one
+//     probe closes it again.
+//   - A circuit breaker on the repository's reads ([WithRepositoryBreaker])
+//     keeps a failing database from seeing more than one probe per
+//     cooldown; loads it refuses fail with [ErrRepositoryUnavailable].
+//   - Fail-safe ([WithFailSafe]) keeps entries past their TTL and serves the
+//     last value known for a key when its load fails. Entries carry their
+//     own expiry: {"key":..., "expires":..., "value":...}, plain JSON that
+//     an entry of an earlier version (the bare value) still reads as.
+//   - A delete that fails is retried, with backoff and bounded memory, until
+//     it lands, and the instance that wrote does not read the key from the
+//     cache meanwhile. An [Outbox] repository ([NewSQLRepository] is one)
+//     records each write's user in the same transaction, so that even a
+//     crash between the commit and the delete is repaired by a drain.
+//   - Nothing read from the cache is trusted: an entry must be the entity
+//     asked for, under its own key, within [WithMaxValueSize], or it is a
+//     miss; a lease without an expiry is no lease; the lock's scripts check
+//     what they find before they change anything; and the library's own
+//     keys live under "cacheaside:", where no entity name, ID or related
+//     key can reach them.
+//
+// While another instance's delete is still waiting for its retry, that
+// instance may serve the old row from the cache; the fault tests measure
+// the window (tens of milliseconds), and it closes when the retry lands.
 //
 // # Errors and options
 //
@@ -116,13 +157,16 @@
 //
 // # Concurrency
 //
-// All methods are safe for concurrent use, and there is nothing to close.
-// The service keeps no background goroutine (a held DistributedLock keeps
-// one, until Release): each shared load runs on a goroutine of its own
+// All methods are safe for concurrent use. Call [UserService.Close] (or
+// [Aside.Close]) when done: it stops the background work, which is the
+// retries of deletes that failed, the draining of an Outbox, and the pooled
+// workers of a cache whose calls need them; each of those also ends on its
+// own once idle. Each shared load runs on a goroutine of its own
 // (singleflight's DoChan) that ends when the load returns, which
 // [WithLoadTimeout] bounds for a repository that honours its context; batch
 // lookups run on goroutines that end before [UserService.GetUsersBatch]
-// returns. Every returned *User is the caller's own copy.
+// returns; a held DistributedLock keeps one until Release. Every returned
+// *User is the caller's own copy.
 //
 // # Other entities
 //
@@ -148,11 +192,17 @@ package cacheaside
 //	user.go          User, UserRepository, keys and validation
 //	memorycache.go, rediscache.go, lock.go, memoryrepo.go, sqlrepo.go:
 //	                 one file per adapter; the mechanism (Redis commands
-//	                 and scripts, the byte store) lives under internal/.
+//	                 and scripts, the byte store) lives under internal/,
+//	                 as do the fault-injection helpers of the tests
+//	                 (internal/faultproxy, internal/redisproc).
+//	guard.go         time box and circuit breaker around every cache call
+//	repobreaker.go   the circuit breaker on the repository's reads
+//	failsafe.go      serving the last value known when a load fails
+//	invalidation.go  deletes that failed, retried until they land
+//	outbox.go        the transactional outbox and its drain
+//	keys.go          how IDs become keys; the library's own namespace
 //
-// The features still to come each get a file of their own beside these: a
-// circuit breaker and time box around every cache call, fail-safe serving
-// of expired entries, an in-process tier with its invalidation bus, a
-// fleet-wide Bloom filter, warming, early refresh; metrics export lives in
-// a module of its own, like bench/, so that its dependencies reach only
-// those who import it.
+// The features still to come each get a file of their own beside these:
+// an in-process tier with its invalidation bus, a fleet-wide Bloom filter,
+// warming, early refresh; metrics export lives in a module of its own,
+// like bench/, so that its dependencies reach only those who import it.

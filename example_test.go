@@ -346,3 +346,40 @@ func ExampleNewSQLRepository() {
 	// O'Brien; -- true
 	// true
 }
+
+// flakyRepo is a repository whose reads can be made to fail, like a
+// database that went down.
+type flakyRepo struct {
+	*cacheaside.MemoryRepository
+	down atomic.Bool
+}
+
+func (r *flakyRepo) GetUser(ctx context.Context, id int) (*cacheaside.User, error) {
+	if r.down.Load() {
+		return nil, errors.New("connection refused")
+	}
+	return r.MemoryRepository.GetUser(ctx, id)
+}
+
+// With fail-safe, a read whose load fails is answered by the last value
+// known for the key, for up to the staleness bound past its expiry.
+func ExampleWithFailSafe() {
+	ctx := context.Background()
+	repo := &flakyRepo{MemoryRepository: cacheaside.NewMemoryRepository()}
+	_ = repo.CreateUser(ctx, &cacheaside.User{Name: "Ida", Email: "ida@example.com"})
+	svc := cacheaside.NewUserService(repo, cacheaside.NewMemoryCache(),
+		cacheaside.WithTTL(50*time.Millisecond), cacheaside.WithFailSafe(time.Hour))
+	defer svc.Close()
+
+	_, _ = svc.GetUser(ctx, 1)        // cached for 50 ms, kept for an hour more
+	time.Sleep(60 * time.Millisecond) // the entry is past its TTL...
+	repo.down.Store(true)             // ...and the database is down
+	u, err := svc.GetUser(ctx, 1)
+	fmt.Println(u.Name, err, "served by fail-safe:", svc.GetMetrics().FailSafeServed)
+
+	_, err = svc.GetUser(ctx, 2) // nothing known about user 2
+	fmt.Println(err)
+	// Output:
+	// Ida <nil> served by fail-safe: 1
+	// cacheaside: load user:2: connection refused
+}
