@@ -166,8 +166,15 @@ func (a *Aside[K, V]) Invalidate(ctx context.Context, id K, related ...string) e
 // key's delete has landed.
 func (a *Aside[K, V]) invalidate(ctx context.Context, key string, related []string, seqs []int64) error {
 	a.gens.bump(key)
-	keys := make([]string, 0, 1+len(related))
-	keys = append(keys, key)
+	keys := append([]string{key}, a.deletable(ctx, related)...)
+	failed, err := a.g.del(context.WithoutCancel(ctx), keys)
+	return a.afterDelete(ctx, key, seqs, failed, err)
+}
+
+// deletable returns the related keys an invalidation may delete: those
+// outside the library's own namespace.
+func (a *Aside[K, V]) deletable(ctx context.Context, related []string) []string {
+	keys := make([]string, 0, len(related))
 	for _, k := range related {
 		if isReserved(k) {
 			a.log.ErrorContext(ctx, "cacheaside: a related key in the library's own namespace is never deleted", "key", k)
@@ -175,19 +182,24 @@ func (a *Aside[K, V]) invalidate(ctx context.Context, key string, related []stri
 		}
 		keys = append(keys, k)
 	}
-	failed, err := a.g.del(context.WithoutCancel(ctx), keys)
-	if len(failed) > 0 {
-		a.m.invalErrs.Add(1)
-		a.log.ErrorContext(ctx, "cacheaside: cache invalidation failed; retrying until it lands", "keys", failed, "err", err)
-		if failed[0] != key {
-			a.landedNow(seqs)
-			seqs = nil
-		}
-		a.queue(failed, seqs)
-		return wrapErr("invalidate "+key, err)
+	return keys
+}
+
+// afterDelete queues the keys whose delete failed for a retry, and tells
+// a.landed about seqs once key's delete has landed.
+func (a *Aside[K, V]) afterDelete(ctx context.Context, key string, seqs []int64, failed []string, err error) error {
+	if len(failed) == 0 {
+		a.landedNow(seqs)
+		return nil
 	}
-	a.landedNow(seqs)
-	return nil
+	a.m.invalErrs.Add(1)
+	a.log.ErrorContext(ctx, "cacheaside: cache invalidation failed; retrying until it lands", "keys", failed, "err", err)
+	if failed[0] != key {
+		a.landedNow(seqs)
+		seqs = nil
+	}
+	a.queue(failed, seqs)
+	return wrapErr("invalidate "+key, err)
 }
 
 func (a *Aside[K, V]) landedNow(seqs []int64) {

@@ -59,6 +59,12 @@ type Sizer interface {
 // for ttl (no expiry when ttl <= 0), if the key holds exactly old, and
 // reports whether it did; a nil val deletes the key instead. Values are the
 // raw bytes the service stores, as a *json.RawMessage would read them.
+//
+// Every marker the service stores in place of a value (a JSON string that
+// starts with a NUL character and "cacheaside:") has an expiry, but for a
+// cached "not found"; SetNX should treat a key that holds such a marker
+// without an expiry as empty, so that one planted by hand cannot stall the
+// key's readers. Both built-in caches do.
 type Leaser interface {
 	SetNX(ctx context.Context, key string, val []byte, ttl time.Duration) (held []byte, err error)
 	CompareAndSwap(ctx context.Context, key string, old, val []byte, ttl time.Duration) (bool, error)

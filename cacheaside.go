@@ -143,12 +143,14 @@ func (s *UserService) DeleteUser(ctx context.Context, userID int) error {
 	})
 }
 
-// write runs one repository write, then invalidates the keys of the user
-// that id reports, failed write or not: a write that failed may still have
-// been applied, and an extra delete only costs a miss. A failed
-// invalidation is counted, logged and retried by the engine, and not
-// returned: the write's data is already durable. With an Outbox, the
-// records the write made are cleared once its delete has landed.
+// write runs one repository write between a write intent on the user's
+// key (see write.go) and the delete of the user's keys, failed write or
+// not: a write that failed may still have been applied, and an extra delete
+// only costs a miss. id reports the user's ID before and after the write (a
+// create learns it from the repository). A failed delete is counted, logged
+// and retried by the engine, and not returned: the write's data is already
+// durable. With an Outbox, the records the write made are cleared once its
+// delete has landed.
 func (s *UserService) write(ctx context.Context, op string, id func() int, do func(ctx context.Context, db UserRepository) error) error {
 	if s.db == nil {
 		return fmt.Errorf("%w: nil UserRepository", ErrNotConfigured)
@@ -160,14 +162,23 @@ func (s *UserService) write(ctx context.Context, op string, id func() int, do fu
 		rec = new(recorder)
 		wctx = context.WithValue(ctx, recorderKey{}, rec)
 	}
+	key := ""
+	var marker []byte
+	if before := id(); before > 0 { // a create with no ID yet has no entry to protect
+		key = userCacheKey(before)
+		marker = s.users.beginWrite(ctx, key)
+	}
 	err := do(wctx, s.db)
 	var seqs []int64
 	if rec != nil {
 		seqs = rec.take()
 	}
-	if id := id(); id > 0 {
-		_ = s.users.invalidate(ctx, userCacheKey(id), s.related(id), seqs)
-	} else if len(seqs) > 0 {
+	switch after := id(); {
+	case after > 0 && userCacheKey(after) == key:
+		_ = s.users.endWrite(ctx, key, marker, s.related(after), seqs)
+	case after > 0:
+		_ = s.users.invalidate(ctx, userCacheKey(after), s.related(after), seqs)
+	case len(seqs) > 0:
 		s.cleared(seqs)
 	}
 	if err != nil {

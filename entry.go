@@ -121,7 +121,7 @@ func (a *Aside[K, V]) parse(id K, key string, raw json.RawMessage) (*V, time.Tim
 		switch {
 		case bytes.Equal(raw, absentMarker):
 			return nil, time.Time{}, errAbsent
-		case isLease(raw):
+		case isHeld(raw): // a lease, or a write in progress
 			return nil, time.Time{}, errLease
 		}
 	}

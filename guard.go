@@ -70,11 +70,12 @@ type inProcess interface{ inProcess() }
 // guard time-boxes and breaks the calls to one cache.
 type guard struct {
 	c       CacheClient
-	multi   MultiGetter // nil when c does not implement it
-	leaser  Leaser      // nil when c does not implement it
-	sharder Sharder     // nil when c does not implement it
-	inProc  bool        // c lives in this process and cannot hang on a network
-	inline  bool        // c's calls return by their context's deadline
+	multi   MultiGetter  // nil when c does not implement it
+	leaser  Leaser       // nil when c does not implement it
+	sharder Sharder      // nil when c does not implement it
+	clearer writeClearer // nil when c does not implement it
+	inProc  bool         // c lives in this process and cannot hang on a network
+	inline  bool         // c's calls return by their context's deadline
 	timeout time.Duration
 	st      gobreaker.Settings
 	log     *slog.Logger
@@ -95,6 +96,10 @@ func newGuard(c CacheClient, o options, m *counters) *guard {
 	g.multi, _ = c.(MultiGetter)
 	g.leaser, _ = c.(Leaser)
 	g.sharder, _ = c.(Sharder)
+	if s, ok := c.(interface{ sharded() bool }); ok && !s.sharded() {
+		g.sharder = nil // one server: one shard
+	}
+	g.clearer, _ = c.(writeClearer)
 	_, g.inProc = c.(inProcess)
 	if b, ok := c.(ContextBounded); ok {
 		g.inline = b.BoundedByContext()
@@ -476,3 +481,37 @@ func (w *workers) work(f func()) {
 }
 
 func (w *workers) close() { w.once.Do(func() { close(w.quit) }) }
+
+// writeClearer is what the adapters of this package offer to end a write
+// in one call: delete key unless it holds a write-intent marker other than
+// marker (a marker is a value that starts with prefix), and delete related.
+type writeClearer interface {
+	clearWrite(ctx context.Context, key string, marker []byte, prefix string, related []string) error
+}
+
+// clearWrite ends a write to key; see writeClearer. It returns the keys it
+// could not clear.
+func (g *guard) clearWrite(ctx context.Context, key string, marker []byte, related []string) (failed []string, err error) {
+	if g.sharder == nil {
+		if err := g.do(ctx, "", func(ctx context.Context) error {
+			return g.clearer.clearWrite(ctx, key, marker, writingPrefix, related)
+		}); err != nil {
+			return append([]string{key}, related...), err
+		}
+		return nil, nil
+	}
+	// On a sharded cache the related keys may live elsewhere.
+	if err = g.do(ctx, g.shard(key), func(ctx context.Context) error {
+		return g.clearer.clearWrite(ctx, key, marker, writingPrefix, nil)
+	}); err != nil {
+		failed = append(failed, key)
+	}
+	if len(related) > 0 {
+		f, derr := g.del(ctx, related)
+		failed = append(failed, f...)
+		if err == nil {
+			err = derr
+		}
+	}
+	return failed, err
+}

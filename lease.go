@@ -34,9 +34,14 @@ const (
 	leaseBackoffMax = 8 * time.Millisecond
 )
 
-// leasePrefix starts every lease: a JSON string, like absentMarker, that
-// no value encodes to. The lease goes on with a random token per call.
-const leasePrefix = `"\u0000cacheaside:lease:`
+// markerPrefix starts every marker this package stores in a key in place
+// of a value: a JSON string that no value encodes to (see entry.go). Every
+// marker but a cached "not found" always has an expiry.
+const markerPrefix = `"\u0000cacheaside:`
+
+// leasePrefix starts every lease. The lease goes on with a random token
+// per call.
+const leasePrefix = markerPrefix + `lease:`
 
 func isLease(b []byte) bool { return bytes.HasPrefix(b, []byte(leasePrefix)) }
 
@@ -81,7 +86,7 @@ func (a *Aside[K, V]) takeLease(ctx context.Context, id K, key string, lease []b
 		return leaseTry[V]{out: leaseFailed, err: err}
 	case held == nil:
 		return leaseTry[V]{out: leaseTaken}
-	case isLease(held):
+	case isHeld(held): // another caller's lease, or a write in progress
 		return leaseTry[V]{out: leaseForeign, held: held}
 	}
 	t := leaseTry[V]{out: leaseTaken}

@@ -1,6 +1,7 @@
 package cacheaside
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"time"
@@ -104,7 +105,7 @@ func (m *MemoryCache) SetNX(ctx context.Context, key string, val []byte, ttl tim
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	held, _ := m.c.SetNX(key, val, ttl, leasePrefix)
+	held, _ := m.c.SetNX(key, val, ttl, markerPrefix)
 	return held, nil
 }
 
@@ -118,6 +119,25 @@ func (m *MemoryCache) CompareAndSwap(ctx context.Context, key string, old, val [
 }
 
 func (m *MemoryCache) inProcess() {}
+
+// clearWrite deletes key unless it holds a write intent other than marker,
+// and the related keys (see writeClearer). Each key's delete is atomic.
+func (m *MemoryCache) clearWrite(ctx context.Context, key string, marker []byte, prefix string, related []string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	for {
+		held, ok := m.c.Get(key)
+		if !ok || (!bytes.Equal(held, marker) && bytes.HasPrefix(held, []byte(prefix))) {
+			break
+		}
+		if m.c.CompareAndSwap(key, held, nil, 0) {
+			break
+		}
+	}
+	m.c.Delete(related...)
+	return nil
+}
 
 // BoundedByContext reports true: the memory cache never waits (see
 // ContextBounded).

@@ -138,7 +138,7 @@ func (r *RedisCache) SetNX(ctx context.Context, key string, val []byte, ttl time
 	if err := r.ready(); err != nil {
 		return nil, err
 	}
-	held, _, err := r.c.SetNX(ctx, key, val, ttl, leasePrefix)
+	held, _, err := r.c.SetNX(ctx, key, val, ttl, markerPrefix)
 	if err != nil {
 		return nil, wrapErr("redis lease "+key, err)
 	}
@@ -181,3 +181,17 @@ func (r *RedisCache) Shard(key string) string {
 // ContextTimeoutEnabled: true to make this true; otherwise each cache call
 // is handed to a worker goroutine, which costs a hit a few microseconds.
 func (r *RedisCache) BoundedByContext() bool { return r != nil && r.c != nil && r.c.Bounded() }
+
+func (r *RedisCache) sharded() bool { return r != nil && r.c != nil && r.c.Cluster() }
+
+// clearWrite deletes key unless it holds a write intent other than marker,
+// and the related keys, in one script run (see writeClearer).
+func (r *RedisCache) clearWrite(ctx context.Context, key string, marker []byte, prefix string, related []string) error {
+	if err := r.ready(); err != nil {
+		return err
+	}
+	if err := r.c.ClearWrite(ctx, key, marker, prefix, related); err != nil {
+		return wrapErr("redis end of write "+key, err)
+	}
+	return nil
+}

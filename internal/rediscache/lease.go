@@ -77,3 +77,34 @@ func ms(ttl time.Duration) int64 {
 	}
 	return max(ttl.Milliseconds(), 1)
 }
+
+// clearWrite deletes KEYS[1] unless it holds a value other than ARGV[1]
+// that starts with ARGV[2] (another writer's intent), and deletes every
+// other key it is given. A key of another type than a string is deleted.
+var clearWrite = redis.NewScript(`
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t == 'string' then
+  local v = redis.call('GET', KEYS[1])
+  if v == ARGV[1] or string.sub(v, 1, string.len(ARGV[2])) ~= ARGV[2] then
+    redis.call('DEL', KEYS[1])
+  end
+elseif t ~= 'none' then
+  redis.call('DEL', KEYS[1])
+end
+for i = 2, #KEYS do redis.call('DEL', KEYS[i]) end
+return 1`)
+
+// ClearWrite ends a write to key: it deletes key unless it holds a value
+// other than mine that starts with prefix, and deletes related, in one
+// script run. On a cluster, related must be in key's slot.
+func (c *Cache) ClearWrite(ctx context.Context, key string, mine []byte, prefix string, related []string) error {
+	keys := make([]string, 0, 1+len(related))
+	keys = append(keys, c.prefix+key)
+	for _, k := range related {
+		keys = append(keys, c.prefix+k)
+	}
+	return clearWrite.Run(ctx, c.c, keys, mine, prefix).Err()
+}
+
+// Cluster reports whether the cache talks to a Redis Cluster.
+func (c *Cache) Cluster() bool { return c.cluster }

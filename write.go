@@ -1,0 +1,97 @@
+package cacheaside
+
+import (
+	"bytes"
+	"context"
+	"math/rand/v2"
+	"strconv"
+)
+
+// A write to the source of truth goes through three steps around the
+// cache, so that once it is acknowledged no reader anywhere returns the
+// value it replaced, even if the cache fails on the way:
+//
+//  1. Intent: the key's entry is replaced by a write-intent marker (a JSON
+//     string, like a lease, that no value encodes to). No lease can be
+//     placed over it and no fill can replace it; readers that find it wait
+//     for it to go, as they wait for a lease, and past the lease wait read
+//     the source without filling. The old value is gone from the cache
+//     before the source changes.
+//  2. The write itself.
+//  3. The marker is deleted, with the related keys, unless another
+//     writer's marker has replaced it (that writer deletes its own). If the
+//     delete fails, it is retried until it lands, and the marker expires
+//     by itself after the load timeout anyway: an empty key, never the old
+//     value.
+//
+// If the intent cannot be placed (the cache is down), the write goes on:
+// the cache then holds the old value until step 3's delete lands, and until
+// then this process reads the key from the source (see invalidation.go).
+
+// writingPrefix starts every write-intent marker; a random token follows.
+const writingPrefix = markerPrefix + `writing:`
+
+func isWriting(b []byte) bool { return bytes.HasPrefix(b, []byte(writingPrefix)) }
+
+// isHeld reports whether b is a lease or a write intent: a key that some
+// caller is working on, which a reader waits for instead of loading.
+func isHeld(b []byte) bool { return isLease(b) || isWriting(b) }
+
+func newWriteMarker() []byte {
+	b := make([]byte, 0, len(writingPrefix)+33)
+	b = append(b, writingPrefix...)
+	b = strconv.AppendUint(b, rand.Uint64()|1<<63, 16)
+	b = strconv.AppendUint(b, rand.Uint64()|1<<63, 16)
+	return append(b, '"')
+}
+
+// intentAttempts is how many times a write tries to place its intent
+// before it goes on without it: a connection reset costs one attempt.
+const intentAttempts = 2
+
+// beginWrite places a write-intent marker on key and returns it, or nil if
+// it could not (the cache has no compare-and-swap, or failed).
+func (a *Aside[K, V]) beginWrite(ctx context.Context, key string) []byte {
+	if a.g.leaser == nil {
+		return nil
+	}
+	marker := newWriteMarker()
+	ctx = context.WithoutCancel(ctx)
+	var err error
+	for range intentAttempts {
+		if err = a.g.set(ctx, key, marker, a.o.loadTimeout); err == nil {
+			return marker
+		}
+	}
+	a.log.WarnContext(ctx, "cacheaside: write intent not placed; the write goes on, and its delete is retried until it lands", "key", key, "err", err)
+	return nil
+}
+
+// endWrite ends a write to key: it deletes key (unless another writer's
+// marker holds it) and the related keys, and tells a.landed about seqs once
+// key's delete has landed. marker is what beginWrite returned.
+func (a *Aside[K, V]) endWrite(ctx context.Context, key string, marker []byte, related []string, seqs []int64) error {
+	if marker == nil || a.g.clearer == nil {
+		return a.invalidate(ctx, key, related, seqs)
+	}
+	a.gens.bump(key)
+	keys := a.deletable(ctx, related)
+	failed, err := a.g.clearWrite(context.WithoutCancel(ctx), key, marker, keys)
+	return a.afterDelete(ctx, key, seqs, failed, err)
+}
+
+// Write runs write, which changes the value of id in the source of truth,
+// and keeps the cache right around it: the key's entry is replaced by a
+// write-intent marker before write runs, so that no reader can load the
+// old value back meanwhile, and deleted with the related keys after it,
+// whether write failed or not (a write that failed may still have been
+// applied). The error is write's. Prefer it to calling Invalidate after your
+// own write: with Invalidate alone, a delete that fails leaves the old
+// value readable by other processes until its retry lands.
+func (a *Aside[K, V]) Write(ctx context.Context, id K, write func(ctx context.Context) error, related ...string) error {
+	key := a.key(id)
+	marker := a.beginWrite(ctx, key)
+	err := write(ctx)
+	_ = a.endWrite(ctx, key, marker, related, nil) // counted, logged and retried
+	return err
+}
