@@ -42,6 +42,9 @@ type Aside[K comparable, V any] struct {
 	o   options
 	log *slog.Logger
 
+	bus  *bus     // nil unless the cache carries the invalidation bus
+	tier *tier[V] // nil without WithLocalCache
+
 	sf     singleflight.Group
 	gens   generations
 	inv    pending
@@ -86,6 +89,17 @@ func newAside[K comparable, V any](cache CacheClient, key func(K) string, load L
 	a.rb = newRepoBreaker(o, &a.m)
 	a.sizer, _ = cache.(Sizer)
 	a.gens.init()
+	if t, ok := cache.(busTransport); ok {
+		a.bus = newBus(t, !o.relaxed, o.localLease, o, &a.m, nil)
+	}
+	if o.local > 0 {
+		if a.bus == nil {
+			badOption("WithLocalCache", o.local, "the cache must carry the invalidation bus, as NewRedisCache and NewMemoryCache do")
+		}
+		a.tier = newTier[V](o.local, o.loadTimeout)
+		a.tier.bus, a.bus.h = a.bus, a.tier
+		a.bus.start(&a.bg)
+	}
 	return a
 }
 
@@ -124,27 +138,51 @@ func (a *Aside[K, V]) Get(ctx context.Context, id K) (*V, error) {
 
 func (a *Aside[K, V]) get(ctx context.Context, id K, key string) (*V, error) {
 	a.m.requests.Add(1)
+	var tk tierTicket
+	if a.tier != nil {
+		if v, ok := a.tier.get(key); ok {
+			a.m.hits.Add(1)
+			a.m.localHits.Add(1)
+			return a.copyOut(&v), nil
+		}
+		a.m.localMisses.Add(1)
+		tk = a.tier.begin(key)
+	}
 	if a.isPending(key) {
 		// This process's own write to key has not reached the cache yet.
 		return a.loadShared(ctx, id, key, false, stale[V]{})
 	}
 	at := time.Now()
-	v, raw, st, err := a.lookup(ctx, id, key)
+	f, err := a.lookup(ctx, id, key)
 	if err != nil {
 		a.m.misses.Add(1)
 		return nil, err
 	}
-	switch st {
+	switch f.st {
 	case stHit:
 		a.m.hits.Add(1)
-		return v, nil
+		a.toTier(key, f.v, f.exp, tk)
+		return f.v, nil
 	case stAbsent:
 		a.m.hits.Add(1)
 		return nil, a.notFound
 	case stStale:
-		return a.loadShared(ctx, id, key, true, stale[V]{v: v, raw: raw, at: at})
+		return a.loadShared(ctx, id, key, true, stale[V]{v: f.v, raw: f.raw, at: at})
 	}
-	return a.loadShared(ctx, id, key, st == stMiss, stale[V]{})
+	return a.loadShared(ctx, id, key, f.st == stMiss, stale[V]{})
+}
+
+// toTier offers v, read as the fresh value of key until exp, to the local
+// tier, which takes it only if nothing changed since tk (see localtier.go).
+// The tier keeps its own copy.
+func (a *Aside[K, V]) toTier(key string, v *V, exp time.Time, tk tierTicket) {
+	if a.tier == nil || v == nil {
+		return
+	}
+	if exp.IsZero() {
+		exp = a.now().Add(a.o.ttl)
+	}
+	a.tier.fill(key, *a.copyOut(v), exp, tk)
 }
 
 // Invalidate removes the cached value of id and the given related keys. Call
@@ -165,10 +203,17 @@ func (a *Aside[K, V]) Invalidate(ctx context.Context, id K, related ...string) e
 // invalidate deletes key and related, and tells a.landed about seqs once
 // key's delete has landed.
 func (a *Aside[K, V]) invalidate(ctx context.Context, key string, related []string, seqs []int64) error {
+	return a.invalidateAs(ctx, randomID(), key, related, seqs)
+}
+
+// invalidateAs is invalidate for the write w, which it names on the bus.
+func (a *Aside[K, V]) invalidateAs(ctx context.Context, w, key string, related []string, seqs []int64) error {
 	a.gens.bump(key)
 	keys := append([]string{key}, a.deletable(ctx, related)...)
 	failed, err := a.g.del(context.WithoutCancel(ctx), keys)
-	return a.afterDelete(ctx, key, seqs, failed, err)
+	err = a.afterDelete(ctx, key, seqs, failed, err)
+	a.tellDone(ctx, w, key)
+	return err
 }
 
 // deletable returns the related keys an invalidation may delete: those
@@ -227,6 +272,10 @@ func (a *Aside[K, V]) Metrics() ServiceMetrics {
 	m := a.m.snapshot(size)
 	m.PendingInvalidations = a.inv.n.Load()
 	m.CacheShardsUnavailable = a.g.open.Load()
+	if a.tier != nil {
+		m.LocalSize = int64(a.tier.len())
+		m.Membership = a.bus.state()
+	}
 	return m
 }
 

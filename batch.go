@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"sync"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -42,6 +43,18 @@ func (a *Aside[K, V]) GetMany(ctx context.Context, ids []K) ([]*V, error) {
 		b.keys[i] = a.key(id)
 	}
 	a.m.requests.Add(int64(len(uniq)))
+	if a.tier != nil {
+		b.tickets = make([]tierTicket, len(uniq))
+		for i, k := range b.keys {
+			if v, ok := a.tier.get(k); ok {
+				b.vals[i], b.states[i] = a.copyOut(&v), stLocal
+				a.m.localHits.Add(1)
+				continue
+			}
+			a.m.localMisses.Add(1)
+			b.tickets[i] = a.tier.begin(k)
+		}
+	}
 
 	missing := a.lookupMany(ctx, b)
 	if err := ctx.Err(); err != nil {
@@ -73,11 +86,12 @@ func (a *Aside[K, V]) GetMany(ctx context.Context, ids []K) ([]*V, error) {
 
 // batch is one GetMany call's distinct IDs and what is known of each.
 type batch[K comparable, V any] struct {
-	ids    []K
-	keys   []string
-	vals   []*V
-	states []state
-	stale  []stale[V] // values past their expiry, for fail-safe
+	ids     []K
+	keys    []string
+	vals    []*V
+	states  []state
+	stale   []stale[V]   // values past their expiry, for fail-safe
+	tickets []tierTicket // with a local tier: what each read noted as it began
 	// failed counts the IDs that could not be read; causes says why (one
 	// failed batch read is one cause for all of its IDs).
 	failed int
@@ -108,13 +122,27 @@ func dedupe[K comparable](ids []K) (uniq []K, pos []int) {
 func (a *Aside[K, V]) lookupMany(ctx context.Context, b *batch[K, V]) []int {
 	var ask []int // the keys to read from the cache
 	for i, k := range b.keys {
-		if a.isPending(k) {
+		switch {
+		case b.states[i] == stLocal:
+		case a.isPending(k):
 			b.states[i] = stFailed
-		} else {
+		default:
 			ask = append(ask, i)
 		}
 	}
 	at := time.Now()
+	found := func(i int, f found[V]) {
+		switch f.st {
+		case stStale:
+			b.stale[i] = stale[V]{v: f.v, raw: f.raw, at: at}
+		case stHit:
+			b.vals[i] = f.v
+			if a.tier != nil {
+				a.toTier(b.keys[i], f.v, f.exp, b.tickets[i])
+			}
+		}
+		b.states[i] = f.st
+	}
 	if a.g.multi != nil && len(ask) > 0 {
 		keys := make([]string, len(ask))
 		for n, i := range ask {
@@ -127,30 +155,22 @@ func (a *Aside[K, V]) lookupMany(ctx context.Context, b *batch[K, V]) []int {
 			case errs[n] != nil:
 				b.states[i], failed = stFailed, errs[n]
 			case raws[n] != nil:
-				v, st := a.decode(ctx, b.ids[i], b.keys[i], raws[n], true)
-				if st == stStale {
-					b.stale[i] = stale[V]{v: v, raw: raws[n], at: at}
-				} else {
-					b.vals[i] = v
-				}
-				b.states[i] = st
+				found(i, a.decode(ctx, b.ids[i], b.keys[i], raws[n], true))
 			}
 		}
 		if failed != nil && ctx.Err() == nil {
 			a.cacheFailed(ctx, len(keys), failed)
 		}
 	} else {
+		var mu sync.Mutex // protects the tier's tickets and the batch's slices
 		g := new(errgroup.Group)
 		g.SetLimit(a.o.batchConc)
 		for _, i := range ask {
 			g.Go(func() error {
-				v, raw, st, _ := a.lookup(ctx, b.ids[i], b.keys[i])
-				if st == stStale {
-					b.stale[i] = stale[V]{v: v, raw: raw, at: at}
-				} else {
-					b.vals[i] = v
-				}
-				b.states[i] = st
+				f, _ := a.lookup(ctx, b.ids[i], b.keys[i])
+				mu.Lock()
+				defer mu.Unlock()
+				found(i, f)
 				return nil
 			})
 		}
@@ -158,9 +178,10 @@ func (a *Aside[K, V]) lookupMany(ctx context.Context, b *batch[K, V]) []int {
 	}
 	var missing []int
 	for i, st := range b.states {
-		if st == stHit || st == stAbsent {
+		switch st {
+		case stHit, stAbsent, stLocal:
 			a.m.hits.Add(1)
-		} else {
+		default:
 			missing = append(missing, i)
 		}
 	}
@@ -237,11 +258,14 @@ func (a *Aside[K, V]) loadBatch(ctx context.Context, b *batch[K, V], missing []i
 		return rest
 	}
 	for n, j := range missing {
-		if v := got[n]; v != nil {
-			b.vals[j] = v
-			a.storeValue(ctx, fills[n], v)
-		} else {
+		v := got[n]
+		if v == nil {
 			a.storeAbsent(ctx, fills[n])
+			continue
+		}
+		b.vals[j] = v
+		if _, exp, ok := a.storeValue(ctx, fills[n], v); ok && fills[n].mode == fillSwap && a.tier != nil {
+			a.toTier(fills[n].key, v, exp, b.tickets[j])
 		}
 	}
 	return rest
@@ -297,6 +321,9 @@ func (a *Aside[K, V]) leaseBatch(ctx context.Context, b *batch[K, V], missing []
 			case leaseValue:
 				b.vals[j] = t.v
 				a.m.hits.Add(1)
+				if a.tier != nil {
+					a.toTier(f.key, t.v, t.exp, b.tickets[j])
+				}
 				continue
 			case leaseTaken:
 				if t.stale.v != nil {

@@ -163,10 +163,10 @@ func (s *UserService) write(ctx context.Context, op string, id func() int, do fu
 		wctx = context.WithValue(ctx, recorderKey{}, rec)
 	}
 	key := ""
-	var marker []byte
+	w := writeOp{id: randomID()}
 	if before := id(); before > 0 { // a create with no ID yet has no entry to protect
 		key = userCacheKey(before)
-		marker = s.users.beginWrite(ctx, key)
+		w = s.users.beginWrite(ctx, key)
 	}
 	err := do(wctx, s.db)
 	var seqs []int64
@@ -175,7 +175,7 @@ func (s *UserService) write(ctx context.Context, op string, id func() int, do fu
 	}
 	switch after := id(); {
 	case after > 0 && userCacheKey(after) == key:
-		_ = s.users.endWrite(ctx, key, marker, s.related(after), seqs)
+		_ = s.users.endWrite(ctx, key, w, s.related(after), seqs)
 	case after > 0:
 		_ = s.users.invalidate(ctx, userCacheKey(after), s.related(after), seqs)
 	case len(seqs) > 0:

@@ -44,6 +44,7 @@ const (
 	stStale                // a value past its expiry, still within fail-safe
 	stCorrupt              // something that is not a value of this key
 	stFailed               // the cache failed
+	stLocal                // answered by the local tier
 )
 
 // encode returns the entry to store for v under key, fresh for ttl from now.
@@ -51,59 +52,69 @@ func (a *Aside[K, V]) encode(key string, v *V, ttl time.Duration) (json.RawMessa
 	return json.Marshal(entry[V]{Key: key, Expires: a.now().Add(ttl).UnixMilli(), Value: v})
 }
 
+// found is what a key held, as a lookup read it.
+type found[V any] struct {
+	st  state
+	v   *V              // with stHit and stStale
+	exp time.Time       // when v stops being fresh; zero: it has no expiry of its own
+	raw json.RawMessage // the entry as it was read
+}
+
 // lookup reads key from the cache. Cache failures are counted and reported
 // as stFailed, corrupt entries and leases as misses; only the end of ctx is
-// an error. The raw entry comes back with stStale, for fail-safe.
-func (a *Aside[K, V]) lookup(ctx context.Context, id K, key string) (*V, json.RawMessage, state, error) {
+// an error.
+func (a *Aside[K, V]) lookup(ctx context.Context, id K, key string) (found[V], error) {
 	raw, err := a.g.get(ctx, key)
 	if err != nil {
 		if errors.Is(err, ErrCacheMiss) {
-			return nil, nil, stMiss, nil
+			return found[V]{st: stMiss}, nil
 		}
 		if cerr := ctx.Err(); cerr != nil {
-			return nil, nil, stMiss, cerr
+			return found[V]{st: stMiss}, cerr
 		}
 		if isDecodeError(err) {
 			a.corrupt(ctx, key, err)
-			return nil, nil, stMiss, nil
+			return found[V]{st: stMiss}, nil
 		}
 		a.cacheFailed(ctx, key, err)
-		return nil, nil, stFailed, nil
+		return found[V]{st: stFailed}, nil
 	}
-	v, st := a.decode(ctx, id, key, raw, true)
-	if st == stCorrupt {
-		st = stMiss
+	f := a.decode(ctx, id, key, raw, true)
+	if f.st == stCorrupt {
+		f.st = stMiss
 	}
-	return v, raw, st, nil
+	return f, nil
 }
 
 // decode turns what key holds into a value, a cached "not found", a stale
-// value (past its expiry, within fail-safe), a miss (a lease, or a value
-// past its expiry) or stCorrupt, which is counted and logged when report is
-// set (a second look at the same key does not).
-func (a *Aside[K, V]) decode(ctx context.Context, id K, key string, raw json.RawMessage, report bool) (*V, state) {
+// value (past its expiry, within fail-safe), a miss (a lease, a write in
+// progress, or a value past its expiry) or stCorrupt, which is counted and
+// logged when report is set (a second look at the same key does not).
+func (a *Aside[K, V]) decode(ctx context.Context, id K, key string, raw json.RawMessage, report bool) found[V] {
 	v, exp, err := a.parse(id, key, raw)
 	switch {
 	case errors.Is(err, errAbsent):
-		return nil, stAbsent
+		return found[V]{st: stAbsent, raw: raw}
 	case errors.Is(err, errLease):
-		return nil, stMiss
+		return found[V]{st: stMiss, raw: raw}
 	case err != nil:
 		if report {
 			a.corrupt(ctx, key, err)
 		}
-		return nil, stCorrupt
+		return found[V]{st: stCorrupt, raw: raw}
 	}
+	f := found[V]{st: stHit, v: v, exp: exp, raw: raw}
 	if exp.IsZero() {
-		return v, stHit
+		return f
 	}
 	switch now := a.now(); {
 	case now.Before(exp):
-		return v, stHit
 	case a.o.failSafe > 0 && now.Before(exp.Add(a.o.failSafe)):
-		return v, stStale
+		f.st = stStale
+	default:
+		return found[V]{st: stMiss, raw: raw}
 	}
-	return nil, stMiss
+	return f
 }
 
 var (

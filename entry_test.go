@@ -122,8 +122,8 @@ func FuzzEntryParse(f *testing.F) {
 		if err == nil && v != nil && v.ID != 11 {
 			t.Fatalf("parse(%q) accepted user %d for key user:11", raw, v.ID)
 		}
-		_, st := a.decode(context.Background(), 11, "user:11", raw, false)
-		if st == stHit && (v == nil || v.ID != 11) {
+		f := a.decode(context.Background(), 11, "user:11", raw, false)
+		if f.st == stHit && (v == nil || v.ID != 11 || f.v.ID != 11) {
 			t.Fatalf("decode(%q) = hit without user 11", raw)
 		}
 	})

@@ -51,8 +51,9 @@ func (a *Aside[K, V]) loadInto(ctx context.Context, id K, f fill, r *result[V]) 
 	switch {
 	case err == nil && v != nil:
 		r.val = *v
-		if at, ok := a.storeValue(ctx, f, v); ok {
+		if at, exp, ok := a.storeValue(ctx, f, v); ok {
 			r.fresh = at
+			r.shared, r.exp = f.mode == fillSwap, exp // in the cache, under this load's own lease
 		}
 	case err == nil || errors.Is(err, ErrNotFound) || errors.Is(err, a.notFound):
 		r.err = a.notFound
@@ -69,9 +70,12 @@ func (a *Aside[K, V]) loadInto(ctx context.Context, id K, f fill, r *result[V]) 
 
 // storeValue caches v as f says, for the TTL less jitter; with fail-safe
 // the entry lives that much longer in the cache than it stays fresh. A
-// value whose entry exceeds WithMaxValueSize is not cached.
-func (a *Aside[K, V]) storeValue(ctx context.Context, f fill, v *V) (time.Time, bool) {
+// value whose entry exceeds WithMaxValueSize is not cached. It reports when
+// the write was sent, when the value stops being fresh, and whether it was
+// stored.
+func (a *Aside[K, V]) storeValue(ctx context.Context, f fill, v *V) (at, exp time.Time, ok bool) {
 	ttl := a.jitter(a.o.ttl)
+	exp = a.now().Add(ttl)
 	raw, err := a.encode(f.key, v, ttl)
 	if err == nil && len(raw) > a.o.maxValueSize {
 		err = errors.New("the entry is larger than WithMaxValueSize")
@@ -80,9 +84,10 @@ func (a *Aside[K, V]) storeValue(ctx context.Context, f fill, v *V) (time.Time, 
 		a.m.writeErrs.Add(1)
 		a.log.ErrorContext(ctx, "cacheaside: value not cached", "key", f.key, "err", err)
 		a.release(ctx, f)
-		return time.Time{}, false
+		return time.Time{}, exp, false
 	}
-	return a.store(ctx, f, raw, ttl+a.o.failSafe)
+	at, ok = a.store(ctx, f, raw, ttl+a.o.failSafe)
+	return at, exp, ok
 }
 
 // storeAbsent caches a "not found" answer for the negative TTL, or, with

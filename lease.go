@@ -70,6 +70,7 @@ const (
 type leaseTry[V any] struct {
 	out   leaseOutcome
 	v     *V              // leaseValue: the value, nil for "not found"
+	exp   time.Time       // leaseValue: when v stops being fresh
 	held  []byte          // leaseForeign: the other lease
 	stale stale[V]        // leaseTaken: the stale entry the lease replaced
 	bad   json.RawMessage // leaseTaken: the corrupt entry the lease replaced
@@ -90,14 +91,14 @@ func (a *Aside[K, V]) takeLease(ctx context.Context, id K, key string, lease []b
 		return leaseTry[V]{out: leaseForeign, held: held}
 	}
 	t := leaseTry[V]{out: leaseTaken}
-	v, st := a.decode(ctx, id, key, held, false)
-	switch st {
+	f := a.decode(ctx, id, key, held, false)
+	switch f.st {
 	case stHit:
-		return leaseTry[V]{out: leaseValue, v: v}
+		return leaseTry[V]{out: leaseValue, v: f.v, exp: f.exp}
 	case stAbsent:
 		return leaseTry[V]{out: leaseValue}
 	case stStale:
-		t.stale = stale[V]{v: v, raw: held, at: at}
+		t.stale = stale[V]{v: f.v, raw: held, at: at}
 	default: // corrupt, or past its expiry
 		t.bad = held
 	}
@@ -144,7 +145,7 @@ func (a *Aside[K, V]) leaseLoad(ctx context.Context, id K, f fill, r *result[V])
 			if t.v == nil {
 				r.err = a.notFound
 			} else {
-				r.val = *t.v
+				r.val, r.shared, r.exp = *t.v, true, t.exp
 			}
 			return
 		}

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"time"
 
+	"github.com/cacheaside/cacheaside/internal/membus"
 	"github.com/cacheaside/cacheaside/internal/memcache"
 )
 
@@ -20,24 +22,32 @@ var (
 
 // MemoryCache is a CacheClient that keeps JSON-encoded values in process
 // memory with per-entry TTLs, for tests, examples and single-instance
-// programs. Values are stored encoded, so readers never share memory with
-// writers. It also implements MultiGetter, Sizer and Leaser (so fills are
-// guarded by leases exactly as with Redis), and starts no
-// goroutine: expired entries are dropped as they are met and swept every
-// 1,024 writes.
+// programs. It holds at most WithMaxEntries entries (DefaultMemoryEntries by
+// default), evicting by otter's W-TinyLFU policy, and expired entries leave
+// memory as it works; it leaves no goroutine running. Values are stored
+// encoded, so readers never share memory with writers. It also implements
+// MultiGetter, Sizer and Leaser (so fills are guarded by leases exactly as
+// with Redis), and carries the invalidation bus of local tiers: services
+// that share one MemoryCache behave as a fleet that shares Redis.
 type MemoryCache struct {
-	c *memcache.Cache
+	c   *memcache.Cache
+	bus *membus.Bus
 }
+
+// DefaultMemoryEntries bounds a MemoryCache when WithMaxEntries does not.
+const DefaultMemoryEntries = memcache.DefaultMaxEntries
 
 // A MemoryOption configures a MemoryCache.
 type MemoryOption func(*memoryOptions)
 
 type memoryOptions struct {
-	now func() time.Time
+	now        func() time.Time
+	maxEntries int
 }
 
 // WithClock makes the cache read the time from now instead of time.Now, so
-// tests can expire entries without sleeping. It panics if now is nil.
+// tests can expire entries without sleeping. The clock must never go back.
+// It panics if now is nil.
 func WithClock(now func() time.Time) MemoryOption {
 	if now == nil {
 		badOption("WithClock", "nil", "the clock must not be nil")
@@ -45,13 +55,23 @@ func WithClock(now func() time.Time) MemoryOption {
 	return func(o *memoryOptions) { o.now = now }
 }
 
+// WithMaxEntries bounds the cache to about n entries; past that it evicts
+// the entries least likely to be read again. The default is
+// DefaultMemoryEntries. It panics if n is below 1.
+func WithMaxEntries(n int) MemoryOption {
+	if n < 1 {
+		badOption("WithMaxEntries", n, "at least 1 entry is needed")
+	}
+	return func(o *memoryOptions) { o.maxEntries = n }
+}
+
 // NewMemoryCache returns an empty in-memory cache.
 func NewMemoryCache(opts ...MemoryOption) *MemoryCache {
-	var o memoryOptions
+	o := memoryOptions{maxEntries: DefaultMemoryEntries}
 	for _, opt := range opts {
 		opt(&o)
 	}
-	return &MemoryCache{c: memcache.New(o.now)}
+	return &MemoryCache{c: memcache.NewBounded(o.now, o.maxEntries), bus: membus.New(nil)}
 }
 
 // GetJSON decodes the value under key into dest, or returns ErrCacheMiss.
@@ -143,5 +163,69 @@ func (m *MemoryCache) clearWrite(ctx context.Context, key string, marker []byte,
 // ContextBounded).
 func (m *MemoryCache) BoundedByContext() bool { return true }
 
-// Len reports how many unexpired entries the cache holds.
+// Len reports how many unexpired entries the cache holds. It counts them,
+// which takes time in proportion to the size of the cache.
 func (m *MemoryCache) Len() int64 { return int64(m.c.Len()) }
+
+// The invalidation bus (see bus.go), within this process: services that
+// share a MemoryCache share its bus, as a fleet shares Redis.
+
+func (m *MemoryCache) busSubscribe(context.Context) (busSub, error) {
+	return memSub{m.bus.Subscribe()}, nil
+}
+
+// memSub is a subscription to a MemoryCache's bus.
+type memSub struct{ s *membus.Sub }
+
+func (s memSub) next(ctx context.Context, wait time.Duration) ([]byte, error) {
+	msg, err := s.s.Next(ctx, wait)
+	if errors.Is(err, membus.ErrGap) {
+		return nil, errBusGap
+	}
+	return msg, err
+}
+
+func (s memSub) close() { s.s.Close() }
+
+func (m *MemoryCache) busPublish(_ context.Context, msg []byte) error {
+	m.bus.Publish(msg)
+	return nil
+}
+
+func (m *MemoryCache) busAnnounce(_ context.Context, msg []byte) (time.Time, []busMember, error) {
+	now, ms := m.bus.Announce(msg)
+	out := make([]busMember, len(ms))
+	for i, mm := range ms {
+		out[i] = busMember{id: mm.ID, expires: mm.Expires}
+	}
+	return now, out, nil
+}
+
+func (m *MemoryCache) busRenew(_ context.Context, member string, lease time.Duration) error {
+	m.bus.Renew(member, lease)
+	return nil
+}
+
+func (m *MemoryCache) busLeave(_ context.Context, member string) error {
+	m.bus.Leave(member)
+	return nil
+}
+
+func (m *MemoryCache) busExpiries(_ context.Context, members []string) (time.Time, []time.Time, error) {
+	now, exps := m.bus.Expiries(members)
+	return now, exps, nil
+}
+
+func (m *MemoryCache) busAck(_ context.Context, write, member string) error {
+	m.bus.Ack(write, member)
+	return nil
+}
+
+func (m *MemoryCache) busAwaitAck(ctx context.Context, write string, wait time.Duration) (string, error) {
+	return m.bus.AwaitAck(ctx, write, wait)
+}
+
+func (m *MemoryCache) busDropAcks(_ context.Context, write string) error {
+	m.bus.DropAcks(write)
+	return nil
+}

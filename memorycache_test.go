@@ -2,6 +2,7 @@ package cacheaside
 
 import (
 	"context"
+	"strconv"
 	"testing"
 	"time"
 
@@ -30,4 +31,16 @@ func TestMemoryCache_ExpiryAndContext(t *testing.T) {
 	require.ErrorIs(t, mc.Delete(cctx, "a"), context.Canceled)
 	_, err := mc.GetMulti(cctx, []string{"a"})
 	require.ErrorIs(t, err, context.Canceled)
+}
+
+// TestMemoryCache_Bounded: a memory cache holds about its bound, however
+// many keys it is given.
+func TestMemoryCache_Bounded(t *testing.T) {
+	ctx := context.Background()
+	mc := NewMemoryCache(WithMaxEntries(100))
+	for i := range 5000 {
+		require.NoError(t, mc.SetJSON(ctx, "k"+strconv.Itoa(i), i, time.Hour))
+	}
+	require.LessOrEqual(t, mc.Len(), int64(150), "the cache must stay near its bound")
+	require.Panics(t, func() { WithMaxEntries(0) })
 }

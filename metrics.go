@@ -97,6 +97,25 @@ type ServiceMetrics struct {
 	// whose writer did not clear them itself, having crashed, say.
 	OutboxDrained int64
 
+	// LocalHits counts reads answered by the local tier (WithLocalCache),
+	// without a network call; they are cache hits too. LocalMisses counts
+	// reads the local tier could not answer.
+	LocalHits, LocalMisses int64
+	// LocalSize is about how many values the local tier holds.
+	LocalSize int64
+	// BusInvalidations counts the invalidations this process received on
+	// the bus; BusAcks the acknowledgements it sent.
+	BusInvalidations, BusAcks int64
+	// WritesWaited counts writes that waited for a member that neither
+	// acknowledged nor lost its lease at once (a member cut off from the
+	// cache, say), and WriteWaitTime is how long they waited in all.
+	WritesWaited  int64
+	WriteWaitTime time.Duration
+	// Membership is this process's standing on the bus: "serving" while its
+	// local tier may answer reads, "not serving (...)" otherwise, "" without
+	// a local tier.
+	Membership string
+
 	// HitRate is CacheHits / TotalRequests, from 0 to 1.
 	HitRate float64
 	// MissRate is (CacheMisses + SharedLoads) / TotalRequests, from 0 to 1:
@@ -136,6 +155,9 @@ type counters struct {
 	failSafeServed                  atomic.Int64
 	invalRetries, invalDropped      atomic.Int64
 	outboxDrained                   atomic.Int64
+	localHits, localMisses          atomic.Int64
+	busInvalidations, busAcks       atomic.Int64
+	writesWaited, writeWaitNanos    atomic.Int64
 	ema                             atomic.Int64 // nanoseconds
 	hist                            latency.Histogram
 }
@@ -187,6 +209,12 @@ func (c *counters) snapshot(size int64) ServiceMetrics {
 		InvalidationRetries:     c.invalRetries.Load(),
 		InvalidationsDropped:    c.invalDropped.Load(),
 		OutboxDrained:           c.outboxDrained.Load(),
+		LocalHits:               c.localHits.Load(),
+		LocalMisses:             c.localMisses.Load(),
+		BusInvalidations:        c.busInvalidations.Load(),
+		BusAcks:                 c.busAcks.Load(),
+		WritesWaited:            c.writesWaited.Load(),
+		WriteWaitTime:           time.Duration(c.writeWaitNanos.Load()),
 		AvgResponseTime:         time.Duration(c.ema.Load()),
 		P50ResponseTime:         c.hist.Quantile(0.50),
 		P99ResponseTime:         c.hist.Quantile(0.99),

@@ -75,6 +75,10 @@ type options struct {
 	repoBreaker  breakerOptions
 	failSafe     time.Duration // how long past its expiry a value may be served; 0: never
 	maxValueSize int
+
+	local      int           // the local tier's size; 0: no local tier
+	relaxed    bool          // writers do not wait for members' acknowledgements
+	localLease time.Duration // a member's lease on the bus
 }
 
 // breakerOptions configure a circuit breaker.
@@ -115,6 +119,7 @@ func defaultOptions(ttl time.Duration) options {
 		cacheBreaker: breakerOptions{DefaultBreakerFailures, DefaultBreakerCooldown},
 		repoBreaker:  breakerOptions{DefaultBreakerFailures, DefaultBreakerCooldown},
 		maxValueSize: DefaultMaxValueSize,
+		localLease:   DefaultLocalLease,
 	}
 }
 
@@ -281,6 +286,56 @@ func WithMaxValueSize(n int) Option {
 		badOption("WithMaxValueSize", n, "at least 64 bytes are needed")
 	}
 	return func(o *options) { o.maxValueSize = n }
+}
+
+// WithLocalCache keeps up to maxEntries values in process memory, in front
+// of the shared cache (otter's W-TinyLFU cache): a read it answers costs no
+// network call and returns the caller's own copy. It keeps reads
+// linearizable across every instance sharing the cache: once any caller
+// anywhere has seen a write's value, no caller anywhere sees the value it
+// replaced. For that, every write waits until each instance with a local
+// tier has dropped the key, or has lost its membership lease (up to about
+// WithLocalLease, for an instance cut off from the cache), and an instance
+// serves from memory only while its lease is live and its bus subscription
+// delivers. The package documentation has the argument.
+//
+// The cache must carry the invalidation bus: NewRedisCache and
+// NewMemoryCache do; with any other cache NewAside and NewUserService
+// panic. Every instance of a fleet must use the same mode, strict (this
+// option) or relaxed (WithRelaxedLocalCache); an instance without a local
+// tier writes in the fleet's mode too. It panics if maxEntries is below 1.
+func WithLocalCache(maxEntries int) Option {
+	if maxEntries < 1 {
+		badOption("WithLocalCache", maxEntries, "at least 1 entry is needed")
+	}
+	return func(o *options) { o.local, o.relaxed = maxEntries, false }
+}
+
+// WithRelaxedLocalCache is WithLocalCache for fleets that prefer fast
+// writes to strict reads: writers do not wait for any instance to
+// acknowledge, and an instance may serve a value from memory for as long
+// as the bus takes to deliver the write's invalidation (its staleness
+// bound, measured in the README), and, if the bus breaks, until its
+// validity runs out, within WithLocalLease. It is never the default.
+// Every instance of a fleet must use it, or none. It panics if maxEntries
+// is below 1.
+func WithRelaxedLocalCache(maxEntries int) Option {
+	if maxEntries < 1 {
+		badOption("WithRelaxedLocalCache", maxEntries, "at least 1 entry is needed")
+	}
+	return func(o *options) { o.local, o.relaxed = maxEntries, true }
+}
+
+// WithLocalLease sets how long an instance's membership lease on the
+// invalidation bus lasts; it is renewed every quarter of that. It bounds
+// how long a write waits for an instance that went silent, and how soon an
+// instance cut off from the cache stops serving from memory. The default
+// is DefaultLocalLease. It panics if d is below 100ms.
+func WithLocalLease(d time.Duration) Option {
+	if d < 100*time.Millisecond {
+		badOption("WithLocalLease", d, "the lease must be at least 100ms")
+	}
+	return func(o *options) { o.localLease = d }
 }
 
 // WithRelatedKeys sets the keys that a write to user id invalidates besides

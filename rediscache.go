@@ -3,7 +3,9 @@ package cacheaside
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"net"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -194,4 +196,105 @@ func (r *RedisCache) clearWrite(ctx context.Context, key string, marker []byte, 
 		return wrapErr("redis end of write "+key, err)
 	}
 	return nil
+}
+
+// The invalidation bus (see bus.go), over Redis pub/sub.
+
+func (r *RedisCache) busSubscribe(ctx context.Context) (busSub, error) {
+	if err := r.ready(); err != nil {
+		return nil, err
+	}
+	ps := r.c.Subscribe(ctx)
+	if _, err := ps.Receive(ctx); err != nil { // the subscription's confirmation
+		ps.Close()
+		return nil, err
+	}
+	return redisSub{ps}, nil
+}
+
+// redisSub is a subscription to the bus on Redis.
+type redisSub struct{ ps *redis.PubSub }
+
+func (s redisSub) next(ctx context.Context, wait time.Duration) ([]byte, error) {
+	msg, err := s.ps.ReceiveTimeout(ctx, max(wait, time.Millisecond))
+	if err != nil {
+		var ne net.Error
+		switch {
+		case ctx.Err() != nil:
+			return nil, ctx.Err()
+		case errors.As(err, &ne) && ne.Timeout():
+			return nil, nil // nothing within wait
+		}
+		return nil, fmt.Errorf("%w: %w", errBusGap, err)
+	}
+	switch m := msg.(type) {
+	case *redis.Message:
+		return []byte(m.Payload), nil
+	case *redis.Subscription: // a new subscription after a reconnect
+		return nil, errBusGap
+	}
+	return nil, nil
+}
+
+func (s redisSub) close() { s.ps.Close() }
+
+func (r *RedisCache) busPublish(ctx context.Context, msg []byte) error {
+	if err := r.ready(); err != nil {
+		return err
+	}
+	return r.c.Publish(ctx, msg)
+}
+
+func (r *RedisCache) busAnnounce(ctx context.Context, msg []byte) (time.Time, []busMember, error) {
+	if err := r.ready(); err != nil {
+		return time.Time{}, nil, err
+	}
+	now, ms, err := r.c.Announce(ctx, msg)
+	out := make([]busMember, len(ms))
+	for i, m := range ms {
+		out[i] = busMember{id: m.ID, expires: m.Expires}
+	}
+	return now, out, err
+}
+
+func (r *RedisCache) busRenew(ctx context.Context, member string, lease time.Duration) error {
+	if err := r.ready(); err != nil {
+		return err
+	}
+	return r.c.Renew(ctx, member, lease)
+}
+
+func (r *RedisCache) busLeave(ctx context.Context, member string) error {
+	if err := r.ready(); err != nil {
+		return err
+	}
+	return r.c.Leave(ctx, member)
+}
+
+func (r *RedisCache) busExpiries(ctx context.Context, members []string) (time.Time, []time.Time, error) {
+	if err := r.ready(); err != nil {
+		return time.Time{}, nil, err
+	}
+	return r.c.Expiries(ctx, members)
+}
+
+func (r *RedisCache) busAck(ctx context.Context, write, member string) error {
+	if err := r.ready(); err != nil {
+		return err
+	}
+	return r.c.Ack(ctx, write, member)
+}
+
+func (r *RedisCache) busAwaitAck(ctx context.Context, write string, wait time.Duration) (string, error) {
+	if err := r.ready(); err != nil {
+		return "", err
+	}
+	return r.c.AwaitAck(ctx, write, wait)
+}
+
+func (r *RedisCache) busDropAcks(ctx context.Context, write string) error {
+	if err := r.ready(); err != nil {
+		return err
+	}
+	return r.c.DropAcks(ctx, write)
 }

@@ -39,6 +39,11 @@ type result[V any] struct {
 	// stale is the last value known for the key, past its expiry: what
 	// fail-safe answers with if the load fails.
 	stale stale[V]
+	// shared is set when val was in the shared cache (read there, or
+	// stored there by this load's own lease) until exp: a value the local
+	// tier may take.
+	shared bool
+	exp    time.Time
 }
 
 // maxRejoins bounds how many times a caller that joined a flight too late
@@ -76,18 +81,18 @@ func (a *Aside[K, V]) loadShared(ctx context.Context, id K, key string, useCache
 			}
 			if useCache {
 				at := time.Now()
-				switch v, raw, st, err := a.lookup(ctx, id, key); {
+				switch f, err := a.lookup(ctx, id, key); {
 				case err != nil:
 					a.m.misses.Add(1)
 					return nil, err
-				case st == stHit:
+				case f.st == stHit:
 					a.m.hits.Add(1)
-					return v, nil
-				case st == stAbsent:
+					return f.v, nil
+				case f.st == stAbsent:
 					a.m.hits.Add(1)
 					return nil, a.notFound
-				case st == stStale:
-					old = stale[V]{v: v, raw: raw, at: at}
+				case f.st == stStale:
+					old = stale[V]{v: f.v, raw: f.raw, at: at}
 				}
 			}
 			continue
@@ -136,6 +141,10 @@ func (a *Aside[K, V]) lead(parent context.Context, id K, f fill, tag *byte, useC
 	}()
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(parent), a.o.loadTimeout)
 	defer cancel()
+	var tk tierTicket
+	if a.tier != nil {
+		tk = a.tier.begin(f.key)
+	}
 
 	switch {
 	case a.g.leaser != nil && useCache:
@@ -149,21 +158,22 @@ func (a *Aside[K, V]) lead(parent context.Context, id K, f fill, tag *byte, useC
 		// just before this one may already have filled the key.
 		if useCache {
 			at := time.Now()
-			switch v, raw, st, _ := a.lookup(ctx, id, f.key); st {
+			switch found, _ := a.lookup(ctx, id, f.key); found.st {
 			case stHit:
-				r.val, r.fresh = *v, at
+				r.val, r.fresh, r.shared, r.exp = *found.v, at, true, found.exp
 				return r
 			case stAbsent:
 				r.err, r.fresh = a.notFound, at
 				return r
 			case stStale:
-				r.stale = stale[V]{v: v, raw: raw, at: at}
+				r.stale = stale[V]{v: found.v, raw: found.raw, at: at}
 			}
-		}
-		if useCache {
 			f.mode = fillSet
 		}
 		a.loadInto(ctx, id, f, r)
+	}
+	if r.err == nil && r.shared {
+		a.toTier(f.key, &r.val, r.exp, tk)
 	}
 	return r
 }

@@ -49,9 +49,32 @@ func newWriteMarker() []byte {
 // before it goes on without it: a connection reset costs one attempt.
 const intentAttempts = 2
 
-// beginWrite places a write-intent marker on key and returns it, or nil if
-// it could not (the cache has no compare-and-swap, or failed).
-func (a *Aside[K, V]) beginWrite(ctx context.Context, key string) []byte {
+// writeOp is one write in progress: its ID on the bus, and the intent it
+// placed in the cache, if any.
+type writeOp struct {
+	id     string
+	marker []byte
+}
+
+// beginWrite starts a write to key: this process's local tier drops the
+// key, a write-intent marker replaces its entry, and, with a strict bus,
+// every member is told and has dropped the key (or lost its lease) before
+// it returns. The write may then change the source.
+func (a *Aside[K, V]) beginWrite(ctx context.Context, key string) writeOp {
+	w := writeOp{id: randomID()}
+	if a.tier != nil {
+		a.tier.invalidate(key, msgPrepare)
+	}
+	w.marker = a.placeIntent(ctx, key)
+	if a.bus != nil && a.bus.strict {
+		a.bus.announce(ctx, msgPrepare, w.id, key)
+	}
+	return w
+}
+
+// placeIntent places a write-intent marker on key and returns it, or nil
+// if it could not (the cache has no compare-and-swap, or failed).
+func (a *Aside[K, V]) placeIntent(ctx context.Context, key string) []byte {
 	if a.g.leaser == nil {
 		return nil
 	}
@@ -68,16 +91,30 @@ func (a *Aside[K, V]) beginWrite(ctx context.Context, key string) []byte {
 }
 
 // endWrite ends a write to key: it deletes key (unless another writer's
-// marker holds it) and the related keys, and tells a.landed about seqs once
-// key's delete has landed. marker is what beginWrite returned.
-func (a *Aside[K, V]) endWrite(ctx context.Context, key string, marker []byte, related []string, seqs []int64) error {
-	if marker == nil || a.g.clearer == nil {
-		return a.invalidate(ctx, key, related, seqs)
+// marker holds it) and the related keys, tells a.landed about seqs once
+// key's delete has landed, and tells the members, waiting for them with a
+// strict bus. w is what beginWrite returned.
+func (a *Aside[K, V]) endWrite(ctx context.Context, key string, w writeOp, related []string, seqs []int64) error {
+	if w.marker == nil || a.g.clearer == nil {
+		return a.invalidateAs(ctx, w.id, key, related, seqs)
 	}
 	a.gens.bump(key)
 	keys := a.deletable(ctx, related)
-	failed, err := a.g.clearWrite(context.WithoutCancel(ctx), key, marker, keys)
-	return a.afterDelete(ctx, key, seqs, failed, err)
+	failed, err := a.g.clearWrite(context.WithoutCancel(ctx), key, w.marker, keys)
+	err = a.afterDelete(ctx, key, seqs, failed, err)
+	a.tellDone(ctx, w.id, key)
+	return err
+}
+
+// tellDone drops key from this process's local tier and tells the members
+// that the write w changed it.
+func (a *Aside[K, V]) tellDone(ctx context.Context, w, key string) {
+	if a.tier != nil {
+		a.tier.invalidate(key, msgDone)
+	}
+	if a.bus != nil {
+		a.bus.announce(ctx, msgDone, w, key)
+	}
 }
 
 // Write runs write, which changes the value of id in the source of truth,
@@ -90,8 +127,8 @@ func (a *Aside[K, V]) endWrite(ctx context.Context, key string, marker []byte, r
 // value readable by other processes until its retry lands.
 func (a *Aside[K, V]) Write(ctx context.Context, id K, write func(ctx context.Context) error, related ...string) error {
 	key := a.key(id)
-	marker := a.beginWrite(ctx, key)
+	w := a.beginWrite(ctx, key)
 	err := write(ctx)
-	_ = a.endWrite(ctx, key, marker, related, nil) // counted, logged and retried
+	_ = a.endWrite(ctx, key, w, related, nil) // counted, logged and retried
 	return err
 }

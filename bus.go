@@ -1,0 +1,456 @@
+package cacheaside
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// The invalidation bus carries, from writers to every process with a
+// local tier, the news that a key is about to change and that it has
+// changed, and it tells each such process whether it may still trust what
+// it holds. It runs over the shared cache (Redis pub/sub and a sorted set
+// of members; see internal/rediscache/bus.go), and the argument for why
+// it keeps reads linearizable is in the package documentation.
+//
+// A member is a process whose local tier holds values. It subscribes to
+// the bus, and every lease/4 it publishes a heartbeat. When its own
+// heartbeat comes back through its subscription, which proves that the
+// subscription delivers (and delivered everything published before it), a
+// strict member renews its membership lease in the cache, on the cache's
+// clock, and may then serve from memory until lease-margin after it sent
+// the renewal, by its own clock. A member whose subscription breaks, or
+// whose renewals stop landing, lets its validity run out, and then empties
+// its tier before it serves from memory again.
+//
+// A writer announces "prepare" before it writes the source and "done"
+// after it cleared the cache; each announcement publishes the message and
+// reads the members whose lease is live, atomically. Every member drops
+// the key on each message, refuses to fill it between the two, and
+// acknowledges; a strict writer waits for every member it counted to
+// acknowledge, or for that member's lease to run out on the cache's clock,
+// before it goes on. A relaxed writer waits for nobody and relaxed members
+// hold no lease: their staleness is bounded by the bus's delivery.
+
+// busTransport is what a shared cache offers the bus. RedisCache and
+// MemoryCache implement it.
+type busTransport interface {
+	busSubscribe(ctx context.Context) (busSub, error)
+	busPublish(ctx context.Context, msg []byte) error
+	// busAnnounce publishes msg and returns the cache's time and the live
+	// members, in one step.
+	busAnnounce(ctx context.Context, msg []byte) (time.Time, []busMember, error)
+	busRenew(ctx context.Context, member string, lease time.Duration) error
+	busLeave(ctx context.Context, member string) error
+	// busExpiries returns the cache's time and when each member's lease
+	// runs out (the zero time for none).
+	busExpiries(ctx context.Context, members []string) (time.Time, []time.Time, error)
+	busAck(ctx context.Context, write, member string) error
+	// busAwaitAck returns the next member to acknowledge write, or "" if
+	// none did within wait.
+	busAwaitAck(ctx context.Context, write string, wait time.Duration) (string, error)
+	busDropAcks(ctx context.Context, write string) error
+}
+
+// busMember is a member and when its lease runs out, on the cache's clock.
+type busMember struct {
+	id      string
+	expires time.Time
+}
+
+// busSub is a subscription to the bus.
+type busSub interface {
+	// next returns the next message; nil when wait passed without one; or
+	// errBusGap when messages may have been lost, after which the
+	// subscription is done.
+	next(ctx context.Context, wait time.Duration) ([]byte, error)
+	close()
+}
+
+var errBusGap = errors.New("cacheaside: bus messages may have been lost")
+
+// Kinds of bus message.
+const (
+	msgPrepare   = 'p' // a write to key is about to change the source
+	msgDone      = 'd' // a write to key changed the source and cleared the cache
+	msgHeartbeat = 'h' // a member's heartbeat
+)
+
+// busMsg is one bus message: kind, an ID (the write's or the member's) and
+// a key (for a heartbeat, its number). Keys never hold a newline: IDs are
+// escaped (see keys.go).
+type busMsg struct {
+	kind byte
+	id   string
+	key  string
+}
+
+func (m busMsg) encode() []byte {
+	b := make([]byte, 0, 3+len(m.id)+len(m.key))
+	b = append(b, m.kind, '\n')
+	b = append(b, m.id...)
+	b = append(b, '\n')
+	return append(b, m.key...)
+}
+
+func decodeBusMsg(b []byte) (busMsg, bool) {
+	if len(b) < 2 || b[1] != '\n' {
+		return busMsg{}, false
+	}
+	id, key, ok := bytes.Cut(b[2:], []byte{'\n'})
+	if !ok {
+		return busMsg{}, false
+	}
+	return busMsg{kind: b[0], id: string(id), key: string(key)}, true
+}
+
+// busHandler is what the bus tells about: a key dropped by a message, and
+// a tier that can no longer be trusted.
+type busHandler interface {
+	invalidate(key string, kind byte)
+	flush()
+}
+
+// Defaults of the bus.
+const (
+	// DefaultLocalLease is how long a member's membership lease lasts: how
+	// long a write can wait for a member that went silent, and about how
+	// long after it lost the cache a member stops serving from memory.
+	DefaultLocalLease = time.Second
+)
+
+// bus is one engine's connection to the invalidation bus.
+type bus struct {
+	t       busTransport
+	member  string // this process's member ID
+	lease   time.Duration
+	margin  time.Duration // taken off a lease for clock drift and delays
+	strict  bool
+	timeout time.Duration // bounds each call to the cache
+	log     *slog.Logger
+	m       *counters
+	h       busHandler
+
+	validUntil atomic.Int64 // Unix nanoseconds until which the tier may serve
+	lapsed     atomic.Bool  // validity ran out since the tier was last emptied
+
+	mu      sync.Mutex  // serializes distrust and extend; protects sub
+	sub     uint64      // numbers the subscriptions: a renewal counts only for its own
+	members atomic.Bool // the last announcement counted members besides this one
+	out     chan func(context.Context)
+}
+
+func newBus(t busTransport, strict bool, lease time.Duration, o options, m *counters, h busHandler) *bus {
+	return &bus{
+		t: t, member: randomID(), lease: lease, margin: lease/10 + 5*time.Millisecond,
+		strict: strict, timeout: o.cacheTimeout, log: o.logger, m: m, h: h,
+		out: make(chan func(context.Context), 1024),
+	}
+}
+
+func randomID() string {
+	return strconv.FormatUint(rand.Uint64(), 36) + strconv.FormatUint(rand.Uint64(), 36)
+}
+
+// valid reports whether the tier may serve at now.
+func (b *bus) valid(now time.Time) bool { return now.UnixNano() < b.validUntil.Load() }
+
+// start runs the bus's two goroutines, which end when done is closed.
+func (b *bus) start(bg *background) {
+	bg.Go(b.receive)
+	bg.Go(b.send)
+}
+
+// send makes the bus's outbound calls, in order, each bounded by the cache
+// time box.
+func (b *bus) send(done <-chan struct{}) {
+	for {
+		select {
+		case <-done:
+			if b.strict {
+				ctx, cancel := context.WithTimeout(context.Background(), b.timeout)
+				_ = b.t.busLeave(ctx, b.member)
+				cancel()
+			}
+			return
+		case f := <-b.out:
+			ctx, cancel := context.WithTimeout(context.Background(), b.timeout)
+			f(ctx)
+			cancel()
+		}
+	}
+}
+
+// enqueue hands f to the sender, or gives up when the engine closes.
+func (b *bus) enqueue(done <-chan struct{}, f func(context.Context)) bool {
+	select {
+	case b.out <- f:
+		return true
+	case <-done:
+		return false
+	}
+}
+
+// receive keeps a subscription and handles what it delivers, until done is
+// closed.
+func (b *bus) receive(done <-chan struct{}) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { // done ends the subscription's waits
+		<-done
+		cancel()
+	}()
+	backoff := 10 * time.Millisecond
+	for ctx.Err() == nil {
+		sub, err := b.t.busSubscribe(ctx)
+		if err != nil {
+			b.log.Warn("cacheaside: bus subscription failed; the local tier does not serve meanwhile", "err", err)
+			select {
+			case <-time.After(backoff/2 + rand.N(backoff)):
+			case <-done:
+			}
+			backoff = min(2*backoff, time.Second)
+			continue
+		}
+		backoff = 10 * time.Millisecond
+		err = b.serve(ctx, done, sub)
+		sub.close()
+		b.distrust()
+		if ctx.Err() == nil {
+			b.log.Warn("cacheaside: bus subscription lost; the local tier was emptied", "err", err)
+		}
+	}
+}
+
+// distrust stops the tier from serving and empties it; renewals heard on
+// the subscription that ended no longer count.
+func (b *bus) distrust() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.sub++
+	b.validUntil.Store(0)
+	b.h.flush()
+	b.lapsed.Store(false)
+}
+
+// subscription returns the number of the current subscription.
+func (b *bus) subscription() uint64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.sub
+}
+
+// serve handles one subscription's messages until it breaks or ctx ends.
+func (b *bus) serve(ctx context.Context, done <-chan struct{}, sub busSub) error {
+	current := b.subscription()
+	every := b.lease / 4
+	var n int64
+	sent := make(map[int64]time.Time) // heartbeats in flight
+	next := time.Now()
+	for {
+		if now := time.Now(); !now.Before(next) {
+			n++
+			sent[n] = now
+			for k := range sent {
+				if k < n-8 {
+					delete(sent, k)
+				}
+			}
+			msg := busMsg{kind: msgHeartbeat, id: b.member, key: strconv.FormatInt(n, 10)}.encode()
+			if !b.enqueue(done, func(ctx context.Context) { _ = b.t.busPublish(ctx, msg) }) {
+				return ctx.Err()
+			}
+			next = now.Add(every)
+		}
+		raw, err := sub.next(ctx, time.Until(next))
+		if err != nil {
+			return err
+		}
+		if v := b.validUntil.Load(); v != 0 && time.Now().UnixNano() >= v {
+			b.lapsed.Store(true) // writers may have counted us out: empty the tier before serving again
+		}
+		if raw == nil {
+			continue
+		}
+		msg, ok := decodeBusMsg(raw)
+		if !ok {
+			continue
+		}
+		switch msg.kind {
+		case msgHeartbeat:
+			if msg.id != b.member {
+				continue
+			}
+			k, _ := strconv.ParseInt(msg.key, 10, 64)
+			at, ok := sent[k]
+			if !ok {
+				continue
+			}
+			delete(sent, k)
+			b.heard(done, at, current)
+		case msgPrepare, msgDone:
+			b.m.busInvalidations.Add(1)
+			b.h.invalidate(msg.key, msg.kind)
+			if b.strict {
+				write := msg.id
+				b.enqueue(done, func(ctx context.Context) {
+					if b.t.busAck(ctx, write, b.member) == nil {
+						b.m.busAcks.Add(1)
+					}
+				})
+			}
+		}
+	}
+}
+
+// heard extends the tier's validity after the member's heartbeat sent at
+// came back on subscription sub: at once for a relaxed member (everything
+// published before at has arrived), after renewing its lease for a strict
+// one.
+func (b *bus) heard(done <-chan struct{}, at time.Time, sub uint64) {
+	if !b.strict {
+		b.extend(at.Add(b.lease-b.margin), sub)
+		return
+	}
+	b.enqueue(done, func(ctx context.Context) {
+		sentAt := time.Now()
+		if err := b.t.busRenew(ctx, b.member, b.lease); err != nil {
+			return // validity runs out on its own
+		}
+		b.extend(sentAt.Add(b.lease-b.margin), sub)
+	})
+}
+
+// extend moves the tier's validity to until, if subscription sub is still
+// the current one, emptying the tier first if validity ran out since it
+// was last emptied.
+func (b *bus) extend(until time.Time, sub uint64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if sub != b.sub {
+		return
+	}
+	if b.lapsed.Load() || b.validUntil.Load() == 0 {
+		b.h.flush()
+		b.lapsed.Store(false)
+	}
+	if until.UnixNano() > b.validUntil.Load() {
+		b.validUntil.Store(until.UnixNano())
+	}
+}
+
+// announce tells every member that key is about to change (kind
+// msgPrepare) or has changed (msgDone); a strict bus waits until each
+// member counted then has acknowledged or lost its lease. The wait is
+// bounded by twice the lease.
+func (b *bus) announce(ctx context.Context, kind byte, write, key string) {
+	ctx = context.WithoutCancel(ctx)
+	msg := busMsg{kind: kind, id: write, key: key}.encode()
+	actx, cancel := context.WithTimeout(ctx, b.timeout)
+	_, members, err := b.t.busAnnounce(actx, msg)
+	cancel()
+	if err != nil {
+		// Members that missed it may still serve the old value until their
+		// validity runs out, within a lease: a strict writer that knows of
+		// members waits that out. A fleet without local tiers waits for
+		// nothing.
+		b.log.Warn("cacheaside: bus announcement failed", "key", key, "err", err)
+		if b.strict && b.members.Load() {
+			b.waitOut(ctx)
+		}
+		return
+	}
+	if !b.strict {
+		return
+	}
+	pending := make(map[string]time.Time, len(members))
+	for _, m := range members {
+		if m.id != b.member { // this process invalidated its own tier first
+			pending[m.id] = m.expires
+		}
+	}
+	b.members.Store(len(pending) > 0)
+	if len(pending) == 0 {
+		return
+	}
+	b.await(ctx, write, pending)
+}
+
+// await waits for the acknowledgements of write from pending, or for their
+// leases to run out.
+func (b *bus) await(ctx context.Context, write string, pending map[string]time.Time) {
+	begin := time.Now()
+	deadline := begin.Add(2 * b.lease)
+	silent := false
+	for len(pending) > 0 && time.Now().Before(deadline) {
+		wait := min(b.lease/10, time.Until(deadline))
+		actx, cancel := context.WithTimeout(ctx, wait+b.timeout)
+		m, err := b.t.busAwaitAck(actx, write, wait)
+		cancel()
+		if err == nil && m != "" {
+			delete(pending, m)
+			continue
+		}
+		// Nothing came: drop the members whose lease ran out.
+		silent = true
+		ids := make([]string, 0, len(pending))
+		for id := range pending {
+			ids = append(ids, id)
+		}
+		ectx, cancel := context.WithTimeout(ctx, b.timeout)
+		now, exps, err := b.t.busExpiries(ectx, ids)
+		cancel()
+		if err != nil {
+			continue
+		}
+		for i, id := range ids {
+			if !exps[i].After(now) {
+				delete(pending, id)
+			}
+		}
+	}
+	if len(pending) > 0 {
+		b.log.Error("cacheaside: members neither acknowledged a write nor lost their lease", "members", len(pending))
+	}
+	if silent {
+		b.m.writesWaited.Add(1)
+		b.m.writeWaitNanos.Add(int64(time.Since(begin)))
+	}
+	go func() { // best effort: the list expires anyway
+		dctx, cancel := context.WithTimeout(context.Background(), b.timeout)
+		defer cancel()
+		_ = b.t.busDropAcks(dctx, write)
+	}()
+}
+
+// waitOut waits until every member that could have missed an announcement
+// has lost its validity: one lease.
+func (b *bus) waitOut(ctx context.Context) {
+	b.m.writesWaited.Add(1)
+	begin := time.Now()
+	t := time.NewTimer(b.lease)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	b.m.writeWaitNanos.Add(int64(time.Since(begin)))
+}
+
+// state names the bus's view of this member, for the metrics.
+func (b *bus) state() string {
+	switch {
+	case b.valid(time.Now()):
+		return "serving"
+	case b.strict:
+		return "not serving (waiting for its lease)"
+	default:
+		return "not serving (waiting for the bus)"
+	}
+}

@@ -1,0 +1,167 @@
+package rediscache
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// The invalidation bus of the root package's local tiers lives here as
+// Redis commands: a pub/sub channel, a sorted set of the members whose
+// local tiers hold values (scored by when their lease runs out, on the
+// server's clock), and a list per write that members push their
+// acknowledgements to. All of it is under the library's own namespace and
+// one hash tag, so that on a cluster it lives in one slot and one script
+// may publish and read the members at once.
+
+// busTag is the hash tag of every bus key.
+const busTag = "cacheaside:{bus}"
+
+// BusChannel returns the channel the bus publishes on.
+func (c *Cache) BusChannel() string { return c.prefix + busTag }
+
+func (c *Cache) membersKey() string { return c.prefix + busTag + ":members" }
+
+func (c *Cache) ackKey(write string) string { return c.prefix + busTag + ":ack:" + write }
+
+// serverMillis turns the reply of TIME into Unix milliseconds.
+const serverMillis = `local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+`
+
+// announce publishes ARGV[2] on channel ARGV[1] and returns the server's
+// time and the members of KEYS[1] whose lease has not run out, with when it
+// does, in one step: a member that registered before it sees the message,
+// and one that registers after it is not counted.
+var announce = redis.NewScript(serverMillis + `
+local m = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES')
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return {now, m}`)
+
+// renew sets member ARGV[1]'s lease in KEYS[1] to run out ARGV[2]
+// milliseconds from now on the server's clock, and forgets members whose
+// lease ran out long ago.
+var renew = redis.NewScript(serverMillis + `
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 600000)
+return now`)
+
+// expiries returns the server's time and when the lease of each member in
+// ARGV runs out (0 for none).
+var expiries = redis.NewScript(serverMillis + `
+local out = {now}
+for i = 1, #ARGV do
+  out[i + 1] = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[i]) or 0)
+end
+return out`)
+
+// Member is a member of the bus and when its lease runs out, on the
+// server's clock.
+type Member struct {
+	ID      string
+	Expires time.Time
+}
+
+// Announce publishes msg on the bus and returns the members whose lease had
+// not run out when it did, and the server's time then.
+func (c *Cache) Announce(ctx context.Context, msg []byte) (time.Time, []Member, error) {
+	res, err := announce.Run(ctx, c.c, []string{c.membersKey()}, c.BusChannel(), msg).Slice()
+	if err != nil {
+		return time.Time{}, nil, err
+	}
+	if len(res) != 2 {
+		return time.Time{}, nil, errors.New("unexpected reply to the announce script")
+	}
+	now, _ := res[0].(int64)
+	flat, _ := res[1].([]any)
+	members := make([]Member, 0, len(flat)/2)
+	for i := 0; i+1 < len(flat); i += 2 {
+		id, _ := flat[i].(string)
+		score, _ := flat[i+1].(string)
+		ms, _ := strconv.ParseFloat(score, 64)
+		members = append(members, Member{ID: id, Expires: time.UnixMilli(int64(ms))})
+	}
+	return time.UnixMilli(now), members, nil
+}
+
+// Publish publishes msg on the bus.
+func (c *Cache) Publish(ctx context.Context, msg []byte) error {
+	return c.c.Publish(ctx, c.BusChannel(), msg).Err()
+}
+
+// Renew sets member id's lease to run out lease from now, on the server's
+// clock.
+func (c *Cache) Renew(ctx context.Context, id string, lease time.Duration) error {
+	return renew.Run(ctx, c.c, []string{c.membersKey()}, id, ms(lease)).Err()
+}
+
+// Leave removes member id.
+func (c *Cache) Leave(ctx context.Context, id string) error {
+	return c.c.ZRem(ctx, c.membersKey(), id).Err()
+}
+
+// Expiries returns the server's time and when the lease of each member
+// runs out (the zero time for a member that has none).
+func (c *Cache) Expiries(ctx context.Context, ids []string) (time.Time, []time.Time, error) {
+	args := make([]any, len(ids))
+	for i, id := range ids {
+		args[i] = id
+	}
+	res, err := expiries.Run(ctx, c.c, []string{c.membersKey()}, args...).Int64Slice()
+	if err != nil {
+		return time.Time{}, nil, err
+	}
+	if len(res) != len(ids)+1 {
+		return time.Time{}, nil, errors.New("unexpected reply to the expiries script")
+	}
+	out := make([]time.Time, len(ids))
+	for i, ms := range res[1:] {
+		if ms > 0 {
+			out[i] = time.UnixMilli(ms)
+		}
+	}
+	return time.UnixMilli(res[0]), out, nil
+}
+
+// ackTTL bounds how long an acknowledgement list outlives its write.
+const ackTTL = time.Minute
+
+// Ack records that member acknowledged write.
+func (c *Cache) Ack(ctx context.Context, write, member string) error {
+	key := c.ackKey(write)
+	_, err := c.c.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.RPush(ctx, key, member)
+		p.PExpire(ctx, key, ackTTL)
+		return nil
+	})
+	return err
+}
+
+// AwaitAck waits up to wait for the next acknowledgement of write and
+// returns the member that sent it, or "" when none came.
+func (c *Cache) AwaitAck(ctx context.Context, write string, wait time.Duration) (string, error) {
+	res, err := c.c.BLPop(ctx, max(wait, time.Millisecond), c.ackKey(write)).Result()
+	if errors.Is(err, redis.Nil) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	if len(res) != 2 {
+		return "", errors.New("unexpected reply to BLPOP")
+	}
+	return res[1], nil
+}
+
+// DropAcks deletes what is left of write's acknowledgements.
+func (c *Cache) DropAcks(ctx context.Context, write string) error {
+	return c.c.Del(ctx, c.ackKey(write)).Err()
+}
+
+// Subscribe subscribes to the bus on the client the cache was given.
+func (c *Cache) Subscribe(ctx context.Context) *redis.PubSub {
+	return c.user.Subscribe(ctx, c.BusChannel())
+}
