@@ -4,6 +4,16 @@
 // rate, and stale reads (reads that returned a version older than the
 // newest write acknowledged before the read began).
 //
+// The outage scenario reaches Redis through a fault-injection proxy of
+// each strategy's own (internal/faultproxy) and black-holes it for
+// -outage in the middle of the measured phase: see outage.go for what it
+// adds to the rows.
+//
+// No operation can hang a run: operations still running -abandon-after
+// (30 s) past the end of a timed phase are abandoned, counted as failed
+// (and in the "abandoned" JSON field), and in the outage scenario the
+// proxy is closed to make them return.
+//
 // With no flags it runs on embedded defaults: SQLite (modernc.org/sqlite)
 // in a temporary file, and the redis-server at REDIS_ADDR or
 // 127.0.0.1:6379 if one answers, else an in-process miniredis. Point it at
@@ -11,6 +21,7 @@
 //
 //	go run ./cmd/cachebench                                   # zipf, about 40 s
 //	go run ./cmd/cachebench -scenario stampede -plot db.svg
+//	go run ./cmd/cachebench -scenario outage -outage 3s -plot outage.svg  # about 1 min
 //	go run ./cmd/cachebench -redis 127.0.0.1:6379 -postgres postgres://... -db-latency 1ms-3ms -json out.json
 package main
 
@@ -34,6 +45,7 @@ import (
 	_ "modernc.org/sqlite"
 
 	"github.com/cacheaside/cacheaside"
+	"github.com/cacheaside/cacheaside/internal/faultproxy"
 )
 
 func main() {
@@ -49,19 +61,30 @@ var scenarioDefaults = map[string]struct {
 	writes, hot float64
 	ttl         time.Duration
 	warmup      time.Duration
+	duration    time.Duration // 0: the -duration flag's default
 	dbLatency   string
+	outage      bool // black-hole Redis for -outage in the measured phase
 	about       string
 }{
 	"zipf":      {writes: 0.05, ttl: time.Minute, warmup: time.Second, about: "steady Zipf-skewed reads with 5% writes, after a 1 s warm-up"},
 	"stampede":  {writes: 0, hot: 1, ttl: time.Second, warmup: time.Second, dbLatency: "20ms", about: "every read on one hot key whose entry expires every second (TTL 1 s), 20 ms database"},
 	"coldstart": {writes: 0, ttl: time.Hour, about: "an empty cache under full Zipf load from the first request, no writes"},
+	"outage": {writes: 0.05, ttl: time.Minute, warmup: time.Second, duration: 10 * time.Second, dbLatency: "1ms", outage: true,
+		about: "Zipf reads with 5% writes, 1 ms database; Redis black-holed through a proxy in the middle of the measured phase"},
 }
+
+// scenarioNames lists the scenarios for messages.
+const scenarioNames = "zipf, stampede, coldstart, outage"
+
+// defaultOutageAt is when the outage starts into the measured phase,
+// unless -outage-at says otherwise or -duration is too short for it.
+const defaultOutageAt = 3 * time.Second
 
 func realMain(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("cachebench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var (
-		scenario    = fs.String("scenario", "zipf", "workload: zipf, stampede or coldstart")
+		scenario    = fs.String("scenario", "zipf", "workload: "+scenarioNames)
 		redisAddr   = fs.String("redis", "", "Redis address (host:port, or several comma-separated for a cluster); default REDIS_ADDR, then 127.0.0.1:6379 if it answers, else in-process miniredis")
 		pgDSN       = fs.String("postgres", "", "PostgreSQL DSN (pgx); default: SQLite in a temporary file")
 		users       = fs.Int("users", 10_000, "users in the table")
@@ -69,24 +92,40 @@ func realMain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		writes      = fs.Float64("writes", -1, "fraction of operations that are writes (default per scenario)")
 		instances   = fs.Int("instances", 4, "service instances, each with its own Redis client")
 		concurrency = fs.Int("concurrency", 32, "concurrent workers, spread over the instances")
-		duration    = fs.Duration("duration", 5*time.Second, "measured time per strategy")
+		duration    = fs.Duration("duration", 5*time.Second, "measured time per strategy (default 10s for outage)")
 		ops         = fs.Int64("ops", 0, "measure this many operations per strategy instead of -duration")
 		ttl         = fs.Duration("ttl", 0, "cache TTL (default per scenario)")
-		dbLatency   = fs.String("db-latency", "", "delay added to every database call: 2ms, 1ms-5ms (uniform) or exp:2ms (default per scenario: none, 20ms for stampede)")
+		dbLatency   = fs.String("db-latency", "", "delay added to every database call: 2ms, 1ms-5ms (uniform) or exp:2ms (default per scenario: none, 20ms for stampede, 1ms for outage)")
 		only        = fs.String("strategies", "", "comma-separated strategies to run (default all: "+strategyNames()+")")
 		jsonOut     = fs.String("json", "", "write the rows as JSON to this file (- for stdout)")
 		plotOut     = fs.String("plot", "", "write an SVG chart of database queries per second over time to this file")
+		outage      = fs.Duration("outage", 3*time.Second, "outage scenario: how long Redis is black-holed")
+		outageAt    = fs.Duration("outage-at", 0, "outage scenario: when the black hole starts into the measured phase (default 3s, or half of what -duration leaves besides -outage if less)")
+		abandon     = fs.Duration("abandon-after", 30*time.Second, "abandon, and count as failed, operations still running this long after the end of a timed phase")
 	)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	def, ok := scenarioDefaults[*scenario]
 	if !ok {
-		return fmt.Errorf("unknown -scenario %q (zipf, stampede, coldstart)", *scenario)
+		return fmt.Errorf("unknown -scenario %q (%s)", *scenario, scenarioNames)
 	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	cfg := config{scenario: *scenario, users: *users, zipf: *zipf, writes: def.writes, hot: def.hot,
 		instances: *instances, concurrency: *concurrency, duration: *duration, warmup: def.warmup,
-		ops: *ops, ttl: def.ttl}
+		ops: *ops, ttl: def.ttl, abandonAfter: *abandon}
+	if def.duration > 0 && !set["duration"] {
+		cfg.duration = def.duration
+	}
+	if def.outage {
+		cfg.outage, cfg.outageAt = *outage, *outageAt
+		if !set["outage-at"] {
+			cfg.outageAt = min(defaultOutageAt, (cfg.duration-cfg.outage)/2)
+		}
+	} else if set["outage"] || set["outage-at"] {
+		return errors.New("-outage and -outage-at apply to -scenario outage only")
+	}
 	if *writes >= 0 {
 		cfg.writes = *writes
 	}
@@ -112,6 +151,13 @@ func realMain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return errors.New("-instances and -concurrency must be at least 1")
 	case cfg.ops <= 0 && cfg.duration <= 0:
 		return errors.New("-duration must be positive (or give -ops)")
+	case cfg.abandonAfter <= 0:
+		return errors.New("-abandon-after must be positive")
+	case def.outage && cfg.ops > 0:
+		return errors.New("-ops does not go with -scenario outage, whose schedule is timed: give -duration")
+	case def.outage && (cfg.outage <= 0 || cfg.outageAt < 0 || cfg.outageAt+cfg.outage >= cfg.duration):
+		return fmt.Errorf("-outage-at %s + -outage %s must be positive and end before -duration %s, to leave time to measure the recovery",
+			cfg.outageAt, cfg.outage, cfg.duration)
 	}
 	selected := strategies
 	if *only != "" {
@@ -125,11 +171,14 @@ func realMain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 	}
 
-	newClient, redisDesc, closeRedis, err := openRedis(ctx, *redisAddr)
+	newClient, redisDesc, redisSingle, closeRedis, err := openRedis(ctx, *redisAddr)
 	if err != nil {
 		return err
 	}
 	defer closeRedis()
+	if cfg.outage > 0 && redisSingle == "" {
+		return errors.New("-scenario outage needs a single Redis server, not a cluster")
+	}
 	repo, dbDesc, closeDB, err := openDB(ctx, *pgDSN)
 	if err != nil {
 		return err
@@ -149,25 +198,55 @@ func realMain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if cfg.ops > 0 {
 		measure = fmt.Sprintf("%d operations", cfg.ops)
 	}
-	fmt.Fprintf(stdout, "users %d, zipf s=%.2f, writes %.0f%%, instances %d, concurrency %d, TTL %s, measured %s per strategy\n\n",
+	fmt.Fprintf(stdout, "users %d, zipf s=%.2f, writes %.0f%%, instances %d, concurrency %d, TTL %s, measured %s per strategy\n",
 		cfg.users, cfg.zipf, cfg.writes*100, cfg.instances, cfg.concurrency, cfg.ttl, measure)
+	if cfg.outage > 0 {
+		fmt.Fprintf(stdout, "outage: each strategy reaches Redis through a proxy of its own (go-redis clients with default options), black-holed from %s to %s of the measured phase; operations still running %s after its end are abandoned and counted as failed\n",
+			cfg.outageAt, cfg.outageAt+cfg.outage, cfg.abandonAfter)
+	}
+	fmt.Fprintln(stdout)
 
 	runID := fmt.Sprintf("%x", time.Now().UnixNano())
 	var rows []result
 	var notes []string
 	for _, s := range selected {
 		prefix := "cachebench:" + runID + ":" + s.name + ":"
-		insts, closeInsts := s.build(strategyEnv{repo: counting, newClient: newClient, prefix: prefix, ttl: cfg.ttl, n: cfg.instances})
+		env := strategyEnv{repo: counting, newClient: newClient, prefix: prefix, ttl: cfg.ttl, n: cfg.instances}
+		goroutines := runtime.NumGoroutine()
+		var sw faultSwitch
+		if cfg.outage > 0 {
+			px, err := faultproxy.New(redisSingle)
+			if err != nil {
+				return err
+			}
+			addr := px.Addr()
+			// Default options, as users have them: no timeouts of our own.
+			env.newClient = func() redis.UniversalClient { return redis.NewClient(&redis.Options{Addr: addr}) }
+			sw = px
+		}
+		insts, closeInsts := s.build(env)
 		fmt.Fprintf(stderr, "running %s\n", s.name)
-		rows = append(rows, run(ctx, cfg, w, s.name, insts, stderr))
+		row := run(ctx, cfg, w, s.name, insts, sw, stderr)
+		row.Library = libCounters(insts)
 		if m := libMetrics(insts); m != "" {
 			notes = append(notes, s.name+" (its own metrics, warm-up included): "+m)
 		}
 		closeInsts()
+		if row.Library != nil {
+			row.Library.PendingAfterClose = pendingInvalidations(insts)
+		}
+		if sw != nil {
+			_ = sw.Close()
+			if left := settle(goroutines, 5*time.Second); left > goroutines {
+				fmt.Fprintf(stderr, "  %s: %d goroutines still running after its teardown, %d before it was built\n", s.name, left, goroutines)
+			}
+		}
 		cleanRedis(ctx, newClient, prefix)
+		rows = append(rows, row)
 	}
 
 	printTable(stdout, rows)
+	printOutageTable(stdout, rows)
 	for _, n := range notes {
 		fmt.Fprintln(stdout, n)
 	}
@@ -209,8 +288,25 @@ func printTable(w io.Writer, rows []result) {
 	}
 	for _, r := range rows {
 		if r.Errors > 0 {
-			fmt.Fprintf(w, "%s: %d operations failed\n", r.Strategy, r.Errors)
+			fmt.Fprintf(w, "%s: %d operations failed (%d reads, %d writes", r.Strategy, r.Errors, r.FailedReads, r.FailedWrites)
+			if r.Abandoned > 0 {
+				fmt.Fprintf(w, "; %d of them abandoned", r.Abandoned)
+			}
+			fmt.Fprintln(w, ")")
 		}
+	}
+}
+
+// settle waits up to timeout for the number of goroutines to fall to n and
+// returns the number it last saw.
+func settle(n int, timeout time.Duration) int {
+	deadline := time.Now().Add(timeout)
+	for {
+		g := runtime.NumGoroutine()
+		if g <= n || time.Now().After(deadline) {
+			return g
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
@@ -225,8 +321,10 @@ func us(v float64) string {
 	}
 }
 
-// openRedis returns a factory of clients to one Redis deployment.
-func openRedis(ctx context.Context, addr string) (func() redis.UniversalClient, string, func(), error) {
+// openRedis returns a factory of clients to one Redis deployment, a
+// description of it, its address if it is a single server ("" for a
+// cluster), and a function that releases it.
+func openRedis(ctx context.Context, addr string) (func() redis.UniversalClient, string, string, func(), error) {
 	if addr == "" {
 		addr = os.Getenv("REDIS_ADDR")
 	}
@@ -242,10 +340,11 @@ func openRedis(ctx context.Context, addr string) (func() redis.UniversalClient, 
 	if addr == "" {
 		mr, err := miniredis.Run()
 		if err != nil {
-			return nil, "", nil, err
+			return nil, "", "", nil, err
 		}
+		stop := expireOnClock(mr)
 		return func() redis.UniversalClient { return redis.NewClient(&redis.Options{Addr: mr.Addr()}) },
-			"miniredis (in-process)", mr.Close, nil
+			"miniredis (in-process)", mr.Addr(), func() { stop(); mr.Close() }, nil
 	}
 	addrs := strings.Split(addr, ",")
 	newClient := func() redis.UniversalClient {
@@ -258,7 +357,7 @@ func openRedis(ctx context.Context, addr string) (func() redis.UniversalClient, 
 	defer c.Close()
 	info, err := c.Info(ctx, "server").Result()
 	if err != nil {
-		return nil, "", nil, fmt.Errorf("redis at %s: %w", addr, err)
+		return nil, "", "", nil, fmt.Errorf("redis at %s: %w", addr, err)
 	}
 	ver := "unknown version"
 	for _, line := range strings.Split(info, "\n") {
@@ -266,7 +365,40 @@ func openRedis(ctx context.Context, addr string) (func() redis.UniversalClient, 
 			ver = "redis-server " + v
 		}
 	}
-	return newClient, ver + " at " + addr, func() {}, nil
+	single := addr
+	if len(addrs) > 1 {
+		single = ""
+	}
+	return newClient, ver + " at " + addr, single, func() {}, nil
+}
+
+// expireOnClock makes mr's TTLs run down with the clock, as Redis's do
+// (miniredis only counts them down when told to): the stampede scenario's
+// 1 s TTL and the leases an outage leaves behind must expire. It moves
+// mr's clock forward every 100 ms; miniredis's own ClockTTL would do it
+// on every command, at a cost that grows with the number of keys. The
+// returned function stops it.
+func expireOnClock(mr *miniredis.Miniredis) (stop func()) {
+	quit, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		last := time.Now()
+		for {
+			select {
+			case <-quit:
+				return
+			case now := <-t.C:
+				mr.FastForward(now.Sub(last))
+				last = now
+			}
+		}
+	}()
+	return func() {
+		close(quit)
+		<-done
+	}
 }
 
 // openDB opens PostgreSQL at dsn, or SQLite in a temporary file, with a

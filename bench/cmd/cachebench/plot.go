@@ -42,6 +42,11 @@ func plotSVG(title string, rows []result) []byte {
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="sans-serif" font-size="12">`+"\n", width, height, width, height)
 	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
 	fmt.Fprintf(&b, `<text x="%d" y="22" font-size="14">%s</text>`+"\n", left, html.EscapeString(title))
+	if from, to, ok := outageSpan(rows); ok { // shade the black hole, under everything else
+		from, to = min(from, maxT), min(to, maxT)
+		fmt.Fprintf(&b, `<rect class="outage" x="%.1f" y="%d" width="%.1f" height="%.0f" fill="#f6dcdc"/>`+"\n", x(from), top, x(to)-x(from), ph)
+		fmt.Fprintf(&b, `<text x="%.1f" y="%d" text-anchor="middle" fill="#a33">Redis black-holed</text>`+"\n", (x(from)+x(to))/2, top+14)
+	}
 	for d := 0.0; d <= decades; d++ {
 		yy := y(math.Pow(10, d))
 		fmt.Fprintf(&b, `<line x1="%d" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#ddd"/>`+"\n", left, yy, float64(left)+pw, yy)
@@ -72,6 +77,22 @@ func plotSVG(title string, rows []result) []byte {
 	fmt.Fprintf(&b, `<text x="%d" y="%d" fill="#666">(total DB queries)</text>`+"\n", width-right+38, top+10+len(rows)*20+4)
 	b.WriteString("</svg>\n")
 	return b.Bytes()
+}
+
+// outageSpan is the widest black hole of the rows, in seconds into the
+// measured phase: each strategy ran its own, at nearly the same offsets.
+func outageSpan(rows []result) (from, to float64, ok bool) {
+	for _, r := range rows {
+		o := r.Outage
+		if o == nil || o.StartS < 0 || o.EndS < o.StartS {
+			continue
+		}
+		if !ok {
+			from, to, ok = o.StartS, o.EndS, true
+		}
+		from, to = min(from, o.StartS), max(to, o.EndS)
+	}
+	return from, to, ok
 }
 
 func niceStep(span float64) float64 {

@@ -142,23 +142,8 @@ func (l libInstance) Update(ctx context.Context, u *cacheaside.User) error {
 // libMetrics sums the library's own counters over a strategy's instances,
 // or returns "" for other strategies.
 func libMetrics(insts []instance) string {
-	var m cacheaside.ServiceMetrics
-	found := false
-	for _, in := range insts {
-		l, ok := in.(libInstance)
-		if !ok {
-			continue
-		}
-		found = true
-		x := l.svc.GetMetrics()
-		m.LeaseWaits += x.LeaseWaits
-		m.LeaseWaitTimeouts += x.LeaseWaitTimeouts
-		m.Rejoins += x.Rejoins
-		m.StaleFillsSkipped += x.StaleFillsSkipped
-		m.SharedLoads += x.SharedLoads
-		m.DatabaseLoads += x.DatabaseLoads
-	}
-	if !found {
+	m := libCounters(insts)
+	if m == nil {
 		return ""
 	}
 	return fmt.Sprintf("database loads %d, shared loads %d, lease waits %d, lease wait timeouts %d, rejoins %d, stale fills refused %d",
@@ -166,11 +151,17 @@ func libMetrics(insts []instance) string {
 }
 
 func buildCacheaside(env strategyEnv) ([]instance, func()) {
-	return perClient(env, func(c redis.UniversalClient) instance {
+	insts, closeClients := perClient(env, func(c redis.UniversalClient) instance {
 		return libInstance{cacheaside.NewUserService(env.repo,
 			cacheaside.NewRedisCache(c, cacheaside.WithKeyPrefix(env.prefix)),
 			cacheaside.WithTTL(env.ttl))}
 	})
+	return insts, func() {
+		for _, in := range insts {
+			_ = in.(libInstance).svc.Close() // stops the retries of failed invalidations
+		}
+		closeClients()
+	}
 }
 
 // goRedisCache is github.com/go-redis/cache/v9 as its README shows it, with

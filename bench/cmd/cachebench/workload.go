@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -29,6 +30,14 @@ type config struct {
 	ops         int64 // when > 0, measure this many operations instead of duration
 	ttl         time.Duration
 	dbLatency   latency
+	// outageAt and outage place the Redis black hole of the outage
+	// scenario in the measured phase: it starts outageAt after the
+	// measured phase begins and lasts outage (outage 0: no outage).
+	outageAt, outage time.Duration
+	// abandonAfter is how long after the end of a timed phase the
+	// operations still running are waited for; past it they are
+	// abandoned and counted as failed.
+	abandonAfter time.Duration
 }
 
 // bucket is the resolution of the DB-queries timeline.
@@ -89,19 +98,142 @@ type result struct {
 	StaleRate   float64   `json:"stale_read_rate"`
 	BucketMS    int       `json:"timeline_bucket_ms"`
 	DBPerSecond []float64 `json:"db_queries_per_second"`
+
+	// FailedReads and FailedWrites split Errors: operations that returned
+	// an error, and those abandoned still running (see Abandoned).
+	FailedReads  int64 `json:"failed_reads"`
+	FailedWrites int64 `json:"failed_writes"`
+	// Abandoned counts operations still running -abandon-after past the
+	// end of the measured phase; they count as failed.
+	Abandoned int64 `json:"abandoned,omitempty"`
+	// Outage is the outage scenario's view of the run; Library is the
+	// library's own counters, on its rows only.
+	Outage  *outageResult    `json:"outage,omitempty"`
+	Library *libraryCounters `json:"library,omitempty"`
 }
 
-// workerStats is what one worker counted.
-type workerStats struct {
-	reads, writes, errs, stale int64
-	lat                        []time.Duration
+// opKind is what a worker is doing.
+type opKind int32
+
+const (
+	opNone opKind = iota
+	opRead
+	opWrite
+)
+
+// outcome is one finished operation.
+type outcome struct {
+	kind  opKind
+	start time.Time
+	lat   time.Duration
+	err   error
+	stale bool // a read that returned a version older than one acknowledged before it began
 }
+
+// workerStats is what one worker counted. The worker records each
+// operation under mu, which is contended only when drive abandons the
+// worker: from then on the worker records nothing and stops.
+type workerStats struct {
+	mu                         sync.Mutex
+	reads, writes, errs, stale int64
+	readErrs, writeErrs        int64
+	lat                        []time.Duration
+	win                        windowStats
+	abandoned                  bool
+	inflight                   atomic.Int32 // the opKind of the operation running, if any
+	inflightStart              atomic.Int64 // when it began, in nanoseconds since epoch
+	stopped                    atomic.Bool  // set with abandoned: start no more operations
+}
+
+// epoch is the origin of workerStats.inflightStart, so that the times it
+// holds keep their monotonic reading.
+var epoch = time.Now()
+
+// begin notes that the worker starts an operation of kind k at t.
+func (st *workerStats) begin(k opKind, t time.Time) {
+	st.inflightStart.Store(int64(t.Sub(epoch)))
+	st.inflight.Store(int32(k))
+}
+
+// record counts o, unless the worker was abandoned; it reports whether
+// the worker may go on.
+func (st *workerStats) record(o outcome, win *window) bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.inflight.Store(int32(opNone))
+	if st.abandoned {
+		return false
+	}
+	switch o.kind {
+	case opRead:
+		st.lat = append(st.lat, o.lat)
+		if o.err != nil {
+			st.errs++
+			st.readErrs++
+		} else {
+			st.reads++
+			if o.stale {
+				st.stale++
+			}
+		}
+	case opWrite:
+		if o.err != nil {
+			st.errs++
+			st.writeErrs++
+		} else {
+			st.writes++
+		}
+	}
+	if win != nil {
+		st.win.add(win, o)
+	}
+	return true
+}
+
+// abandon stops st's counting and counts the operation it is running, if
+// any, as failed, with the time it has run so far as its latency. It
+// reports whether there was one.
+func (st *workerStats) abandon(win *window, now time.Time) bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.abandoned {
+		return false
+	}
+	st.abandoned = true
+	st.stopped.Store(true)
+	k := opKind(st.inflight.Load())
+	if k == opNone {
+		return false
+	}
+	start := epoch.Add(time.Duration(st.inflightStart.Load()))
+	o := outcome{kind: k, start: start, lat: now.Sub(start), err: errAbandoned}
+	st.errs++
+	if k == opRead {
+		st.readErrs++
+		st.lat = append(st.lat, o.lat)
+	} else {
+		st.writeErrs++
+	}
+	if win != nil {
+		st.win.add(win, o)
+	}
+	return true
+}
+
+var errAbandoned = errors.New("abandoned: still running after -abandon-after")
 
 // run drives one strategy's instances with cfg's workload: an unmeasured
 // warm-up, then the measured phase. Progress goes to progress once a second.
-func run(ctx context.Context, cfg config, w *world, name string, insts []instance, progress io.Writer) result {
+// With sw (the outage scenario), Redis is black-holed through sw for
+// cfg.outage from cfg.outageAt into the measured phase, and passes again
+// after; sw is also closed if operations have to be abandoned, to free
+// them.
+func run(ctx context.Context, cfg config, w *world, name string, insts []instance, sw faultSwitch, progress io.Writer) result {
 	if cfg.warmup > 0 {
-		drive(ctx, cfg, w, insts, time.Now().Add(cfg.warmup), 0, nil)
+		stats, ab := drive(ctx, cfg, w, insts, driveOpts{deadline: time.Now().Add(cfg.warmup), unblock: closer(sw), progress: progress})
+		if ab > 0 || failed(stats) > 0 {
+			fmt.Fprintf(progress, "  %-15s warm-up: %d operations failed, %d abandoned\n", name, failed(stats), ab)
+		}
 	}
 	w.repo.startTimeline(time.Now())
 	startQ := w.repo.queries.Load()
@@ -112,6 +244,12 @@ func run(ctx context.Context, cfg config, w *world, name string, insts []instanc
 	var pwg sync.WaitGroup
 	pwg.Add(1)
 	begin := time.Now()
+	var win *window
+	stopOutage := func() {}
+	if sw != nil && cfg.outage > 0 {
+		win = newWindow(begin)
+		stopOutage = startOutage(sw, win, cfg.outageAt, cfg.outage, progress)
+	}
 	go func() { // progress, once a second, until stop
 		defer pwg.Done()
 		t := time.NewTicker(time.Second)
@@ -124,8 +262,8 @@ func run(ctx context.Context, cfg config, w *world, name string, insts []instanc
 			case now := <-t.C:
 				ops, q := opsDone.Load(), w.repo.queries.Load()
 				dt := now.Sub(lastT).Seconds()
-				fmt.Fprintf(progress, "  %-15s %4.0fs  %8.0f ops/s  %8.0f DB queries/s\n",
-					name, now.Sub(begin).Seconds(), float64(ops-lastOps)/dt, float64(q-lastQ)/dt)
+				fmt.Fprintf(progress, "  %-15s %4.0fs  %8.0f ops/s  %8.0f DB queries/s%s\n",
+					name, now.Sub(begin).Seconds(), float64(ops-lastOps)/dt, float64(q-lastQ)/dt, win.label(now))
 				lastOps, lastQ, lastT = ops, q, now
 			}
 		}
@@ -134,19 +272,28 @@ func run(ctx context.Context, cfg config, w *world, name string, insts []instanc
 	if cfg.ops <= 0 {
 		deadline = begin.Add(cfg.duration)
 	}
-	stats := drive(ctx, cfg, w, insts, deadline, cfg.ops, &opsDone)
+	stats, abandoned := drive(ctx, cfg, w, insts, driveOpts{deadline: deadline, ops: cfg.ops, done: &opsDone,
+		win: win, unblock: closer(sw), progress: progress})
 	elapsed := time.Since(begin)
+	stopOutage()
 	close(stop)
 	pwg.Wait()
 
-	res := result{Strategy: name, Scenario: cfg.scenario, Seconds: elapsed.Seconds(), BucketMS: int(bucket / time.Millisecond)}
+	res := result{Strategy: name, Scenario: cfg.scenario, Seconds: elapsed.Seconds(), BucketMS: int(bucket / time.Millisecond),
+		Abandoned: abandoned}
 	var lat []time.Duration
+	var ws windowStats
 	for _, s := range stats {
+		s.mu.Lock()
 		res.Reads += s.reads
 		res.Writes += s.writes
 		res.Errors += s.errs
+		res.FailedReads += s.readErrs
+		res.FailedWrites += s.writeErrs
 		res.StaleReads += s.stale
 		lat = append(lat, s.lat...)
+		ws.merge(&s.win)
+		s.mu.Unlock()
 	}
 	res.Ops = res.Reads + res.Writes
 	res.OpsPerSec = float64(res.Ops) / elapsed.Seconds()
@@ -162,7 +309,28 @@ func run(ctx context.Context, cfg config, w *world, name string, insts []instanc
 		res.StaleRate = float64(res.StaleReads) / float64(res.Reads)
 	}
 	res.DBPerSecond = w.repo.timeline(elapsed)
+	if win != nil {
+		res.Outage = ws.result(win, res.DBPerSecond, bucket)
+	}
 	return res
+}
+
+// closer returns a function that closes sw, or nil when there is no sw.
+func closer(sw faultSwitch) func() {
+	if sw == nil {
+		return nil
+	}
+	return func() { _ = sw.Close() }
+}
+
+func failed(stats []*workerStats) int64 {
+	var n int64
+	for _, s := range stats {
+		s.mu.Lock()
+		n += s.errs
+		s.mu.Unlock()
+	}
+	return n
 }
 
 func pct(sorted []time.Duration, q float64) float64 {
@@ -173,12 +341,40 @@ func pct(sorted []time.Duration, q float64) float64 {
 	return float64(sorted[i].Nanoseconds()) / 1e3
 }
 
+// driveOpts says how long one phase of drive runs and what it records.
+type driveOpts struct {
+	deadline time.Time     // end of a timed phase
+	ops      int64         // when > 0, run this many operations instead
+	done     *atomic.Int64 // counts the operations started; may be nil
+	win      *window       // the outage window, or nil
+	// unblock, if not nil, is called when operations are abandoned, to
+	// make them return (the outage scenario closes its proxy).
+	unblock  func()
+	progress io.Writer
+}
+
+// stragglerWait is how long drive waits, after abandoning operations and
+// calling unblock, for their workers to return before it gives up on them.
+const stragglerWait = 10 * time.Second
+
 // drive runs cfg.concurrency workers spread over the instances until the
-// deadline or until ops operations (when ops > 0).
-func drive(ctx context.Context, cfg config, w *world, insts []instance, deadline time.Time, ops int64, done *atomic.Int64) []*workerStats {
+// deadline or until o.ops operations (when o.ops > 0).
+//
+// A timed phase does not wait forever for an operation that hangs: workers
+// still running cfg.abandonAfter past the deadline are abandoned. Each
+// operation they were running counts as failed (a read with the time it
+// had run as its latency), they record nothing more, the context of
+// their operations is canceled and o.unblock is called; drive returns
+// once they have, or stragglerWait later, saying on o.progress if some
+// are still stuck. It returns the workers' stats and how many operations
+// it abandoned.
+func drive(ctx context.Context, cfg config, w *world, insts []instance, o driveOpts) ([]*workerStats, int64) {
+	done := o.done
 	if done == nil {
 		done = new(atomic.Int64)
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	stats := make([]*workerStats, cfg.concurrency)
 	var wg sync.WaitGroup
 	for i := range cfg.concurrency {
@@ -190,13 +386,13 @@ func drive(ctx context.Context, cfg config, w *world, insts []instance, deadline
 			inst := insts[i%len(insts)]
 			rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), uint64(i)))
 			zipf := rand.NewZipf(rng, cfg.zipf, 1, uint64(cfg.users-1))
-			for n := 0; ; n++ {
-				if ops > 0 {
-					if done.Add(1) > ops {
+			for n := 0; !st.stopped.Load(); n++ {
+				if o.ops > 0 {
+					if done.Add(1) > o.ops {
 						return
 					}
 				} else {
-					if n%16 == 0 && !time.Now().Before(deadline) {
+					if n%16 == 0 && !time.Now().Before(o.deadline) {
 						return
 					}
 					done.Add(1)
@@ -205,45 +401,92 @@ func drive(ctx context.Context, cfg config, w *world, insts []instance, deadline
 				if cfg.hot > 0 && rng.Float64() < cfg.hot {
 					id = 1
 				}
+				var out outcome
 				if cfg.writes > 0 && rng.Float64() < cfg.writes {
-					write(ctx, w, inst, id, st)
-					continue
+					out = write(ctx, w, inst, id, st)
+				} else {
+					out = read(ctx, w, inst, id, st)
 				}
-				read(ctx, w, inst, id, st)
+				if !st.record(out, o.win) {
+					return
+				}
 			}
 		}()
 	}
-	wg.Wait()
-	return stats
+	finished := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(finished)
+	}()
+	if o.ops > 0 || cfg.abandonAfter <= 0 {
+		<-finished
+		return stats, 0
+	}
+	t := time.NewTimer(time.Until(o.deadline.Add(cfg.abandonAfter)))
+	defer t.Stop()
+	select {
+	case <-finished:
+		return stats, 0
+	case <-t.C:
+	}
+	now := time.Now()
+	var abandoned int64
+	for _, st := range stats {
+		if st.abandon(o.win, now) {
+			abandoned++
+		}
+	}
+	cancel()
+	if o.unblock != nil {
+		o.unblock()
+	}
+	if o.progress != nil && abandoned > 0 {
+		fmt.Fprintf(o.progress, "  abandoned %d operations still running %s after the end of the phase\n", abandoned, cfg.abandonAfter)
+	}
+	t.Reset(stragglerWait)
+	select {
+	case <-finished:
+	case <-t.C:
+		stuck := 0
+		for _, st := range stats {
+			if opKind(st.inflight.Load()) != opNone {
+				stuck++
+			}
+		}
+		if o.progress != nil {
+			fmt.Fprintf(o.progress, "  %d abandoned workers still stuck %s later; leaving them\n", stuck, stragglerWait)
+		}
+	}
+	return stats, abandoned
 }
 
-func write(ctx context.Context, w *world, inst instance, id int, st *workerStats) {
+func write(ctx context.Context, w *world, inst instance, id int, st *workerStats) outcome {
+	t0 := time.Now()
+	st.begin(opWrite, t0) // before the lock: a worker waiting for it is busy too
 	w.locks[id].Lock()
 	defer w.locks[id].Unlock()
 	v := w.next[id] + 1
 	u := &cacheaside.User{ID: id, Name: userName(id, v), Email: userEmail(id)}
-	if err := inst.Update(ctx, u); err != nil {
-		st.errs++
-		return
+	err := inst.Update(ctx, u)
+	out := outcome{kind: opWrite, start: t0, lat: time.Since(t0), err: err}
+	if err != nil {
+		return out
 	}
 	w.next[id] = v
 	w.acked[id].Store(v)
-	st.writes++
+	return out
 }
 
-func read(ctx context.Context, w *world, inst instance, id int, st *workerStats) {
+func read(ctx context.Context, w *world, inst instance, id int, st *workerStats) outcome {
 	before := w.acked[id].Load()
 	t0 := time.Now()
+	st.begin(opRead, t0)
 	u, err := inst.Get(ctx, id)
-	st.lat = append(st.lat, time.Since(t0))
-	if err != nil {
-		st.errs++
-		return
+	out := outcome{kind: opRead, start: t0, lat: time.Since(t0), err: err}
+	if err == nil {
+		out.stale = version(u) < before
 	}
-	st.reads++
-	if version(u) < before {
-		st.stale++
-	}
+	return out
 }
 
 // countingRepo puts the configured latency in front of every database call
