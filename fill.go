@@ -135,6 +135,7 @@ func (a *Aside[K, V]) store(ctx context.Context, f fill, raw json.RawMessage, tt
 	if err != nil {
 		a.m.writeErrs.Add(1)
 		a.log.WarnContext(ctx, "cacheaside: cache fill failed", "key", f.key, "err", err)
+		a.release(ctx, f) // the fill may not have landed: give the lease back
 		return at, false
 	}
 	return at, true

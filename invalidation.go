@@ -26,10 +26,11 @@ const maxPending = 100_000
 
 // How the retries back off: from retryBackoffMin, doubling up to
 // retryBackoffMax while nothing lands, with jitter. The maximum keeps the
-// time from the cache's return to the last delete landing near a second.
+// time from the cache's return to the last delete landing short: the
+// breaker's cooldown, and a quarter of a second more.
 const (
 	retryBackoffMin = 25 * time.Millisecond
-	retryBackoffMax = time.Second
+	retryBackoffMax = 250 * time.Millisecond
 	retryBatch      = 512
 )
 

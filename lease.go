@@ -197,6 +197,10 @@ func (a *Aside[K, V]) release(ctx context.Context, f fill) {
 		}
 	}
 	if _, err := a.g.cas(ctx, f.key, f.expect, back, ttl); err != nil {
-		a.log.WarnContext(ctx, "cacheaside: lease release failed; it will expire", "key", f.key, "err", err)
+		// Left in place, the lease would hold every reader of the key, in
+		// every process, until it expires: delete the key instead, as soon
+		// as the cache answers again.
+		a.log.WarnContext(ctx, "cacheaside: lease release failed; the key will be deleted once the cache answers", "key", f.key, "err", err)
+		a.queue([]string{f.key}, nil)
 	}
 }

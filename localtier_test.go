@@ -1,0 +1,300 @@
+package cacheaside
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cacheaside/cacheaside/internal/faultproxy"
+	"github.com/cacheaside/cacheaside/internal/redisproc"
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+)
+
+// commandCounter counts the commands a go-redis client sends.
+type commandCounter struct{ n atomic.Int64 }
+
+func (c *commandCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (c *commandCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		c.n.Add(1)
+		return next(ctx, cmd)
+	}
+}
+func (c *commandCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		c.n.Add(int64(len(cmds)))
+		return next(ctx, cmds)
+	}
+}
+
+// tierInstance is a service with a local tier over its own client to a
+// backend's storage, and a count of the commands its client sent (nil for
+// the memory cache).
+type tierInstance struct {
+	svc  *UserService
+	sent *commandCounter
+}
+
+// newTierInstance builds an instance over b with a local tier; on a Redis
+// backend it has a client of its own.
+func newTierInstance(t *testing.T, b backend, repo UserRepository, opts ...UserOption) tierInstance {
+	t.Helper()
+	opts = append([]UserOption{WithLocalCache(1000), WithLocalLease(300 * time.Millisecond), WithRelatedKeys(nil)}, opts...)
+	var cache CacheClient
+	var sent *commandCounter
+	if rc, ok := b.fork(t).(*RedisCache); ok {
+		sent = new(commandCounter)
+		rc.c.Client().AddHook(sent)
+		cache = rc
+	} else {
+		cache = b.cache
+	}
+	svc := NewUserService(repo, cache, opts...)
+	t.Cleanup(func() { svc.Close() })
+	return tierInstance{svc: svc, sent: sent}
+}
+
+// serving waits until every instance's tier may serve.
+func serving(t *testing.T, insts ...tierInstance) {
+	t.Helper()
+	for _, in := range insts {
+		require.Eventually(t, func() bool { return in.svc.GetMetrics().Membership == "serving" }, 10*time.Second, 5*time.Millisecond)
+	}
+}
+
+// TestLocalTier_HitsFromMemory: once a value is in the local tier, reads of
+// it send nothing to the cache, and each caller gets its own copy.
+func TestLocalTier_HitsFromMemory(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		repo := newTestRepo()
+		u := seedUser(t, repo, "local")
+		in := newTierInstance(t, b, repo)
+		serving(t, in)
+		_, err := in.svc.GetUser(ctx, u.ID) // miss: loaded, stored in Redis and in memory
+		require.NoError(t, err)
+		var before int64
+		if in.sent != nil {
+			before = in.sent.n.Load()
+		}
+		for range 100 {
+			got, err := in.svc.GetUser(ctx, u.ID)
+			require.NoError(t, err)
+			require.Equal(t, "local", got.Name)
+			got.Name = "mutated"
+		}
+		m := in.svc.GetMetrics()
+		require.Equal(t, int64(100), m.LocalHits)
+		require.Equal(t, int64(1), repo.gets.Load())
+		if in.sent != nil {
+			// The bus's own heartbeats and renewals go on meanwhile: a few.
+			require.Less(t, in.sent.n.Load()-before, int64(20), "local hits must not reach Redis")
+		}
+		list, err := in.svc.GetUsersBatch(ctx, []int{u.ID, u.ID})
+		require.NoError(t, err)
+		require.Equal(t, "local", list[0].Name)
+		require.NotSame(t, list[0], list[1])
+		require.Equal(t, int64(101), in.svc.GetMetrics().LocalHits, "a repeated ID is read once")
+	})
+}
+
+// TestLocalTier_WriteVisibleEverywhere: an update acknowledged on one
+// instance is visible at once on every other, which held the old row in
+// memory, while reads run on them all along; no read that starts after the
+// acknowledgement returns the old row.
+func TestLocalTier_WriteVisibleEverywhere(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		repo := newTestRepo()
+		u := seedUser(t, repo, "v0")
+		insts := []tierInstance{newTierInstance(t, b, repo), newTierInstance(t, b, repo), newTierInstance(t, b, repo)}
+		serving(t, insts...)
+		for _, in := range insts {
+			_, err := in.svc.GetUser(ctx, u.ID)
+			require.NoError(t, err)
+			_, err = in.svc.GetUser(ctx, u.ID)
+			require.NoError(t, err)
+			require.Positive(t, in.svc.GetMetrics().LocalHits, "every instance holds the row in memory")
+		}
+
+		var acked atomic.Int64 // the version last acknowledged
+		var stale atomic.Int64
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		for _, in := range insts[1:] {
+			for range 4 {
+				wg.Go(func() {
+					for {
+						select {
+						case <-stop:
+							return
+						default:
+						}
+						want := acked.Load()
+						got, err := in.svc.GetUser(ctx, u.ID)
+						if err != nil {
+							t.Errorf("GetUser: %v", err)
+							return
+						}
+						if version(got) < want {
+							stale.Add(1)
+						}
+					}
+				})
+			}
+		}
+		for v := int64(1); v <= 20; v++ {
+			require.NoError(t, insts[0].svc.UpdateUser(ctx, &User{ID: u.ID, Name: "v" + itoa(v), Email: u.Email}))
+			acked.Store(v)
+			time.Sleep(5 * time.Millisecond)
+		}
+		close(stop)
+		wg.Wait()
+		var local int64
+		for _, in := range insts[1:] {
+			local += in.svc.GetMetrics().LocalHits
+		}
+		t.Logf("%s: 20 writes under read load: %d stale reads, %d local hits", b.name, stale.Load(), local)
+		require.Zero(t, stale.Load(), "a read that began after a write was acknowledged returned an older row")
+		require.Greater(t, local, int64(100), "the readers were served from memory between writes")
+	})
+}
+
+func itoa(v int64) string { return formatID(v) }
+
+// version reads the version in a name "v<n>".
+func version(u *User) int64 {
+	var v int64
+	for _, c := range u.Name[1:] {
+		v = v*10 + int64(c-'0')
+	}
+	return v
+}
+
+// proxiedInstance is a service with a local tier whose connections to srv
+// go through a fault-injecting proxy.
+func proxiedInstance(t *testing.T, addr string, repo UserRepository, opts ...UserOption) (*UserService, *faultproxy.Proxy) {
+	t.Helper()
+	p, err := faultproxy.New(addr)
+	require.NoError(t, err)
+	t.Cleanup(func() { p.Close() })
+	c := redis.NewClient(&redis.Options{Addr: p.Addr()})
+	opts = append([]UserOption{WithLocalCache(1000), WithRelatedKeys(nil)}, opts...)
+	svc := NewUserService(repo, NewRedisCache(c), opts...)
+	t.Cleanup(func() {
+		svc.Close()
+		c.Close()
+	})
+	return svc, p
+}
+
+// TestLocalTier_PartitionedMemberNeverServesOld: an instance cut off from
+// Redis (a proxy that black-holes its connections) holds the old row in
+// memory; a write elsewhere waits for it at most about one lease, and once
+// the write is acknowledged the cut-off instance never serves its old copy.
+// When the partition heals, it serves from memory again.
+func TestLocalTier_PartitionedMemberNeverServesOld(t *testing.T) {
+	srv := redisproc.Start(t, redisproc.Options{})
+	ctx := context.Background()
+	repo := newTestRepo()
+	u := seedUser(t, repo, "v0")
+	a, pa := proxiedInstance(t, srv.Addr(), repo)
+	cut, pc := proxiedInstance(t, srv.Addr(), repo)
+	_ = pa
+	for _, s := range []*UserService{a, cut} {
+		require.Eventually(t, func() bool { return s.GetMetrics().Membership == "serving" }, 10*time.Second, 5*time.Millisecond)
+		for range 2 {
+			_, err := s.GetUser(ctx, u.ID)
+			require.NoError(t, err)
+		}
+	}
+	require.Positive(t, cut.GetMetrics().LocalHits)
+
+	pc.Blackhole()
+	begin := time.Now()
+	require.NoError(t, a.UpdateUser(ctx, &User{ID: u.ID, Name: "v1", Email: u.Email}))
+	took := time.Since(begin)
+	for range 20 {
+		got, err := cut.GetUser(ctx, u.ID)
+		require.NoError(t, err)
+		require.Equal(t, "v1", got.Name, "the cut-off instance served its old copy after the write was acknowledged")
+	}
+	m := a.GetMetrics()
+	t.Logf("a write waited %v for an instance cut off from Redis (lease %v); writes that waited: %d", took.Round(time.Millisecond), DefaultLocalLease, m.WritesWaited)
+	require.Less(t, took, 3*DefaultLocalLease, "the write must wait at most about one lease")
+	require.Equal(t, int64(1), m.WritesWaited)
+
+	require.NoError(t, pc.Pass())
+	require.Eventually(t, func() bool { return cut.GetMetrics().Membership == "serving" }, 10*time.Second, 10*time.Millisecond,
+		"the instance serves from memory again once it hears the bus")
+	hits := cut.GetMetrics().LocalHits
+	require.Eventually(t, func() bool { // once its cache breaker has closed again
+		got, err := cut.GetUser(ctx, u.ID)
+		require.NoError(t, err)
+		require.Equal(t, "v1", got.Name)
+		return cut.GetMetrics().LocalHits > hits
+	}, 10*time.Second, 10*time.Millisecond, "the healed instance serves from memory again")
+}
+
+// TestLocalTier_RedisRestartEmptiesTiers: a restart of Redis drops every
+// bus subscription, and every local tier is emptied before it serves
+// again.
+func TestLocalTier_RedisRestartEmptiesTiers(t *testing.T) {
+	srv := redisproc.Start(t, redisproc.Options{})
+	ctx := context.Background()
+	repo := newTestRepo()
+	u := seedUser(t, repo, "kept")
+	s, _ := proxiedInstance(t, srv.Addr(), repo)
+	require.Eventually(t, func() bool { return s.GetMetrics().Membership == "serving" }, 10*time.Second, 5*time.Millisecond)
+	for range 2 {
+		_, err := s.GetUser(ctx, u.ID)
+		require.NoError(t, err)
+	}
+	require.Equal(t, int64(1), s.GetMetrics().LocalSize)
+	srv.Kill()
+	require.Eventually(t, func() bool { return s.GetMetrics().LocalSize == 0 }, 10*time.Second, 5*time.Millisecond,
+		"a lost subscription empties the tier")
+	require.NoError(t, repo.MemoryRepository.UpdateUser(ctx, &User{ID: u.ID, Name: "changed while Redis was down", Email: u.Email}))
+	srv.Restart()
+	require.Eventually(t, func() bool {
+		got, err := s.GetUser(ctx, u.ID)
+		return err == nil && got.Name == "changed while Redis was down"
+	}, 10*time.Second, 10*time.Millisecond)
+}
+
+// TestLocalTier_RelaxedStalenessIsBounded: in relaxed mode writes wait for
+// nobody, and another instance may serve the old row from memory until the
+// bus delivers the invalidation: the test measures how long.
+func TestLocalTier_RelaxedStalenessIsBounded(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		repo := newTestRepo()
+		u := seedUser(t, repo, "v0")
+		relaxed := WithRelaxedLocalCache(1000)
+		w, r := newTierInstance(t, b, repo, relaxed), newTierInstance(t, b, repo, relaxed)
+		serving(t, w, r)
+		var worst time.Duration
+		for v := int64(1); v <= 20; v++ {
+			for range 2 {
+				_, err := r.svc.GetUser(ctx, u.ID)
+				require.NoError(t, err)
+			}
+			require.NoError(t, w.svc.UpdateUser(ctx, &User{ID: u.ID, Name: "v" + itoa(v), Email: u.Email}))
+			acked := time.Now()
+			for {
+				got, err := r.svc.GetUser(ctx, u.ID)
+				require.NoError(t, err)
+				if version(got) == v {
+					break
+				}
+				require.Less(t, time.Since(acked), 2*time.Second, "the old row outlived the bus's delivery")
+			}
+			worst = max(worst, time.Since(acked))
+		}
+		t.Logf("%s, relaxed: the old row was served at most %v after the write was acknowledged", b.name, worst)
+		require.Zero(t, w.svc.GetMetrics().WritesWaited)
+	})
+}
