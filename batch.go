@@ -49,6 +49,7 @@ func (a *Aside[K, V]) GetMany(ctx context.Context, ids []K) ([]*V, error) {
 			if v, ok := a.tier.get(k); ok {
 				b.vals[i], b.states[i] = a.copyOut(&v), stLocal
 				a.m.localHits.Add(1)
+				a.m.requests.Add(-1) // counted as a local hit alone (see snapshot)
 				continue
 			}
 			a.m.localMisses.Add(1)
@@ -179,7 +180,8 @@ func (a *Aside[K, V]) lookupMany(ctx context.Context, b *batch[K, V]) []int {
 	var missing []int
 	for i, st := range b.states {
 		switch st {
-		case stHit, stAbsent, stLocal:
+		case stLocal: // counted as a local hit
+		case stHit, stAbsent:
 			a.m.hits.Add(1)
 		default:
 			missing = append(missing, i)

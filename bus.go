@@ -117,6 +117,14 @@ type busHandler interface {
 	flush()
 }
 
+// A member's validity is a deadline on its monotonic clock, a quarter of a
+// lease short of its lease, which the cache's clock ends (see heard). A
+// local hit reads no clock: a timer clears the tier's "serving" flag at the
+// deadline. That assumes the process's timers fire within a quarter of a
+// lease (250 ms with the default lease) of their time; a process stopped
+// longer than that (a debugger, a throttled container) could serve from
+// memory that much past its lease. Fills check the clock itself.
+
 // Defaults of the bus.
 const (
 	// DefaultLocalLease is how long a member's membership lease lasts: how
@@ -137,18 +145,24 @@ type bus struct {
 	m       *counters
 	h       busHandler
 
-	validUntil atomic.Int64 // Unix nanoseconds until which the tier may serve
+	validUntil atomic.Int64 // until when the tier may serve, on the mono clock
 	lapsed     atomic.Bool  // validity ran out since the tier was last emptied
-
-	mu      sync.Mutex  // serializes distrust and extend; protects sub
-	sub     uint64      // numbers the subscriptions: a renewal counts only for its own
+	// serving is validUntil as a flag that a timer clears at validUntil,
+	// so that a local hit reads no clock; coarse is the mono clock as of
+	// the last heartbeat, for the entries' own expiry.
+	serving atomic.Bool
+	coarse  atomic.Int64
 	members atomic.Bool // the last announcement counted members besides this one
 	out     chan func(context.Context)
+
+	mu    sync.Mutex  // serializes distrust, extend and expire; protects sub and timer
+	sub   uint64      // numbers the subscriptions: a renewal counts only for its own
+	timer *time.Timer // clears serving at validUntil
 }
 
 func newBus(t busTransport, strict bool, lease time.Duration, o options, m *counters, h busHandler) *bus {
 	return &bus{
-		t: t, member: randomID(), lease: lease, margin: lease/10 + 5*time.Millisecond,
+		t: t, member: randomID(), lease: lease, margin: lease / 4,
 		strict: strict, timeout: o.cacheTimeout, log: o.logger, m: m, h: h,
 		out: make(chan func(context.Context), 1024),
 	}
@@ -158,8 +172,16 @@ func randomID() string {
 	return strconv.FormatUint(rand.Uint64(), 36) + strconv.FormatUint(rand.Uint64(), 36)
 }
 
-// valid reports whether the tier may serve at now.
-func (b *bus) valid(now time.Time) bool { return now.UnixNano() < b.validUntil.Load() }
+// valid reports whether the tier may serve at now, on the mono clock.
+func (b *bus) valid(now int64) bool { return now < b.validUntil.Load() }
+
+// monoStart anchors mono.
+var monoStart = time.Now()
+
+// mono reads the monotonic clock, in nanoseconds since the process
+// started: one clock read, where time.Now takes two, which matters on the
+// path of a local hit.
+func mono() int64 { return int64(time.Since(monoStart)) }
 
 // start runs the bus's two goroutines, which end when done is closed.
 func (b *bus) start(bg *background) {
@@ -222,6 +244,9 @@ func (b *bus) receive(done <-chan struct{}) {
 		err = b.serve(ctx, done, sub)
 		sub.close()
 		b.distrust()
+		if ctx.Err() != nil {
+			b.stop()
+		}
 		if ctx.Err() == nil {
 			b.log.Warn("cacheaside: bus subscription lost; the local tier was emptied", "err", err)
 		}
@@ -234,9 +259,21 @@ func (b *bus) distrust() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.sub++
+	b.serving.Store(false)
 	b.validUntil.Store(0)
 	b.h.flush()
 	b.lapsed.Store(false)
+}
+
+// expire clears serving once validUntil has passed. A timer runs it at
+// validUntil; the receive loop runs it too, at every turn.
+func (b *bus) expire() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if v := b.validUntil.Load(); v != 0 && mono() >= v {
+		b.serving.Store(false)
+		b.lapsed.Store(true) // writers may have counted us out: empty the tier before serving again
+	}
 }
 
 // subscription returns the number of the current subscription.
@@ -251,12 +288,12 @@ func (b *bus) serve(ctx context.Context, done <-chan struct{}, sub busSub) error
 	current := b.subscription()
 	every := b.lease / 4
 	var n int64
-	sent := make(map[int64]time.Time) // heartbeats in flight
+	sent := make(map[int64]int64) // heartbeats in flight: when each was sent, on the mono clock
 	next := time.Now()
 	for {
 		if now := time.Now(); !now.Before(next) {
 			n++
-			sent[n] = now
+			sent[n] = mono()
 			for k := range sent {
 				if k < n-8 {
 					delete(sent, k)
@@ -272,9 +309,8 @@ func (b *bus) serve(ctx context.Context, done <-chan struct{}, sub busSub) error
 		if err != nil {
 			return err
 		}
-		if v := b.validUntil.Load(); v != 0 && time.Now().UnixNano() >= v {
-			b.lapsed.Store(true) // writers may have counted us out: empty the tier before serving again
-		}
+		b.coarse.Store(mono())
+		b.expire()
 		if raw == nil {
 			continue
 		}
@@ -310,27 +346,27 @@ func (b *bus) serve(ctx context.Context, done <-chan struct{}, sub busSub) error
 }
 
 // heard extends the tier's validity after the member's heartbeat sent at
-// came back on subscription sub: at once for a relaxed member (everything
-// published before at has arrived), after renewing its lease for a strict
-// one.
-func (b *bus) heard(done <-chan struct{}, at time.Time, sub uint64) {
+// (on the mono clock) came back on subscription sub: at once for a relaxed
+// member (everything published before at has arrived), after renewing its
+// lease for a strict one.
+func (b *bus) heard(done <-chan struct{}, at int64, sub uint64) {
 	if !b.strict {
-		b.extend(at.Add(b.lease-b.margin), sub)
+		b.extend(at+int64(b.lease-b.margin), sub)
 		return
 	}
 	b.enqueue(done, func(ctx context.Context) {
-		sentAt := time.Now()
+		sentAt := mono()
 		if err := b.t.busRenew(ctx, b.member, b.lease); err != nil {
 			return // validity runs out on its own
 		}
-		b.extend(sentAt.Add(b.lease-b.margin), sub)
+		b.extend(sentAt+int64(b.lease-b.margin), sub)
 	})
 }
 
-// extend moves the tier's validity to until, if subscription sub is still
-// the current one, emptying the tier first if validity ran out since it
-// was last emptied.
-func (b *bus) extend(until time.Time, sub uint64) {
+// extend moves the tier's validity to until (on the mono clock), if
+// subscription sub is still the current one, emptying the tier first if
+// validity ran out since it was last emptied.
+func (b *bus) extend(until int64, sub uint64) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if sub != b.sub {
@@ -340,9 +376,28 @@ func (b *bus) extend(until time.Time, sub uint64) {
 		b.h.flush()
 		b.lapsed.Store(false)
 	}
-	if until.UnixNano() > b.validUntil.Load() {
-		b.validUntil.Store(until.UnixNano())
+	now := mono()
+	if until <= b.validUntil.Load() || until <= now {
+		return
 	}
+	b.validUntil.Store(until)
+	b.coarse.Store(now)
+	b.serving.Store(true)
+	if b.timer == nil {
+		b.timer = time.AfterFunc(time.Duration(until-now), b.expire)
+	} else {
+		b.timer.Reset(time.Duration(until - now))
+	}
+}
+
+// stop stops the expiry timer and stops serving.
+func (b *bus) stop() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.timer != nil {
+		b.timer.Stop()
+	}
+	b.serving.Store(false)
 }
 
 // announce tells every member that key is about to change (kind
@@ -446,7 +501,7 @@ func (b *bus) waitOut(ctx context.Context) {
 // state names the bus's view of this member, for the metrics.
 func (b *bus) state() string {
 	switch {
-	case b.valid(time.Now()):
+	case b.valid(mono()):
 		return "serving"
 	case b.strict:
 		return "not serving (waiting for its lease)"

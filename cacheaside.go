@@ -43,6 +43,7 @@ func NewUserService(db UserRepository, cache CacheClient, opts ...UserOption) *U
 	a := newAside(cache, userCacheKey, load, ErrUserNotFound, uo.options)
 	a.shallow = true // User holds no slices or maps: a value copy is a deep copy
 	a.idOf = func(u *User) int { return u.ID }
+	a.useIntKeys(userKeyPrefix)
 	if b, ok := db.(BatchUserRepository); ok {
 		a.loadMany = b.GetUsers
 	}
@@ -52,6 +53,7 @@ func NewUserService(db UserRepository, cache CacheClient, opts ...UserOption) *U
 		s.outbox.lock, _ = cache.(Locker)
 		a.landed = s.cleared
 	}
+	a.start()
 	return s
 }
 

@@ -1,6 +1,9 @@
 package cacheaside
 
 import (
+	"hash/maphash"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,18 +31,28 @@ import (
 
 // tier is an engine's local tier.
 type tier[V any] struct {
-	c     *otter.Cache[string, tierEntry[V]]
-	bus   *bus
-	gens  generations   // bumped by every invalidation of a key
-	epoch atomic.Uint64 // bumped by every flush, with every stripe locked
+	c      *otter.Cache[uint64, tierEntry[V]] // by tierKey
+	seed   maphash.Seed
+	prefix string // with int IDs: every key is prefix and the ID in decimal
+	bus    *bus
+	gens   generations   // bumped by every invalidation of a key
+	epoch  atomic.Uint64 // bumped by every flush, with every stripe locked
 
 	mu      sync.Mutex           // protects blocked
 	blocked map[string]time.Time // keys between a write's prepare and done, until when
 	hold    time.Duration        // how long a prepare blocks a key without its done
 }
 
-// tierEntry is a value and when it stops being fresh, in Unix nanoseconds.
+// The tier holds a key under a number: the ID itself for an engine whose
+// IDs are integers, so that a local hit builds no key; a 64-bit hash of the
+// key otherwise, in which case the entry keeps the key itself and a lookup
+// compares it, so that two keys whose hashes collide never answer for each
+// other, they only take each other's place.
+
+// tierEntry is a value, its key, and when it stops being fresh, on the
+// mono clock.
 type tierEntry[V any] struct {
+	key string
 	v   V
 	exp int64
 }
@@ -52,9 +65,11 @@ type tierTicket struct {
 	epoch uint64
 }
 
-func newTier[V any](maxEntries int, hold time.Duration) *tier[V] {
+func newTier[V any](maxEntries int, hold time.Duration, prefix string) *tier[V] {
 	t := &tier[V]{
-		c:       otter.Must(&otter.Options[string, tierEntry[V]]{MaximumSize: maxEntries}),
+		prefix:  prefix,
+		c:       otter.Must(&otter.Options[uint64, tierEntry[V]]{MaximumSize: maxEntries}),
+		seed:    maphash.MakeSeed(),
 		blocked: make(map[string]time.Time),
 		hold:    hold,
 	}
@@ -62,16 +77,42 @@ func newTier[V any](maxEntries int, hold time.Duration) *tier[V] {
 	return t
 }
 
+// tierKey returns the number key is held under, and false for a key that
+// is not one of the engine's.
+func (t *tier[V]) tierKey(key string) (uint64, bool) {
+	if t.prefix == "" {
+		return maphash.String(t.seed, key), true
+	}
+	rest, ok := strings.CutPrefix(key, t.prefix)
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(rest, 10, 64)
+	return uint64(n), err == nil
+}
+
 // get returns the value of key if the tier may serve it now.
 func (t *tier[V]) get(key string) (V, bool) {
-	now := time.Now()
-	if !t.bus.valid(now) {
+	k, ok := t.tierKey(key)
+	if !ok {
 		var zero V
 		return zero, false
 	}
-	e, ok := t.c.GetIfPresent(key)
-	if !ok || now.UnixNano() >= e.exp {
-		var zero V
+	return t.at(k, key)
+}
+
+// at returns the value held under k, for key (with int IDs, key is not
+// needed and may be ""). It reads no clock: the bus's serving flag stands
+// for the tier's validity, and the mono clock as of the last heartbeat for
+// the entry's own expiry, which may therefore be overrun by up to a
+// quarter of a lease.
+func (t *tier[V]) at(k uint64, key string) (V, bool) {
+	var zero V
+	if !t.bus.serving.Load() {
+		return zero, false
+	}
+	e, ok := t.c.GetIfPresent(k)
+	if !ok || t.bus.coarse.Load() >= e.exp || (t.prefix == "" && e.key != key) {
 		return zero, false
 	}
 	return e.v, true
@@ -89,10 +130,12 @@ func (t *tier[V]) begin(key string) tierTicket {
 func (t *tier[V]) fill(key string, v V, exp time.Time, tk tierTicket) {
 	tk.s.mu.RLock()
 	defer tk.s.mu.RUnlock()
-	if tk.s.gen.Load() != tk.gen || t.epoch.Load() != tk.epoch || !t.bus.valid(time.Now()) || t.isBlocked(key) {
+	now := mono()
+	k, ok := t.tierKey(key)
+	if !ok || tk.s.gen.Load() != tk.gen || t.epoch.Load() != tk.epoch || !t.bus.valid(now) || t.isBlocked(key) {
 		return
 	}
-	t.c.Set(key, tierEntry[V]{v: v, exp: exp.UnixNano()})
+	t.c.Set(k, tierEntry[V]{key: key, v: v, exp: now + int64(time.Until(exp))})
 }
 
 func (t *tier[V]) isBlocked(key string) bool {
@@ -113,7 +156,9 @@ func (t *tier[V]) invalidate(key string, kind byte) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.gen.Add(1)
-	t.c.Invalidate(key)
+	if k, ok := t.tierKey(key); ok {
+		t.c.Invalidate(k)
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if kind == msgPrepare {
@@ -141,3 +186,17 @@ func (t *tier[V]) flush() {
 
 // len reports about how many values the tier holds.
 func (t *tier[V]) len() int { return t.c.EstimatedSize() }
+
+// localGet looks id up in the local tier. With integer IDs the ID is the
+// tier's key, and the lookup builds nothing.
+func (a *Aside[K, V]) localGet(id K) (V, bool) {
+	if a.tier.prefix != "" {
+		switch v := any(id).(type) {
+		case int:
+			return a.tier.at(uint64(v), "")
+		case int64:
+			return a.tier.at(uint64(v), "")
+		}
+	}
+	return a.tier.get(a.key(id))
+}

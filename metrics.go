@@ -125,7 +125,8 @@ type ServiceMetrics struct {
 	MissRate float64
 
 	// AvgResponseTime is an exponential moving average of the response time
-	// of reads (each new sample weighs 0.1).
+	// of reads (each new sample weighs 0.1). The response-time figures leave
+	// out the reads a local tier answered (LocalHits), which are not timed.
 	AvgResponseTime time.Duration
 	// P50ResponseTime and P99ResponseTime are read response-time
 	// percentiles since the service started, accurate to within 12.5%.
@@ -220,6 +221,10 @@ func (c *counters) snapshot(size int64) ServiceMetrics {
 		P99ResponseTime:         c.hist.Quantile(0.99),
 		CacheSize:               size,
 	}
+	// A local hit counts only once, in localHits: it is a request and a
+	// hit too.
+	m.TotalRequests += m.LocalHits
+	m.CacheHits += m.LocalHits
 	if m.TotalRequests > 0 {
 		m.HitRate = float64(m.CacheHits) / float64(m.TotalRequests)
 		m.MissRate = float64(m.CacheMisses+m.SharedLoads) / float64(m.TotalRequests)

@@ -50,8 +50,11 @@ type BatchUserRepository interface {
 // not say otherwise.
 const UserCacheTTL = 1 * time.Hour
 
+// userKeyPrefix starts the cache key of every user.
+const userKeyPrefix = "user:"
+
 // userCacheKey returns the cache key of a user, "user:<id>".
-func userCacheKey(id int) string { return "user:" + strconv.Itoa(id) }
+func userCacheKey(id int) string { return userKeyPrefix + strconv.Itoa(id) }
 
 // allUsersCacheKey returns the cache key of the list of all users.
 func allUsersCacheKey() string { return "users:all" }

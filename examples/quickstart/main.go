@@ -75,7 +75,12 @@ func run(w io.Writer, addr string, latency time.Duration) error {
 	}()
 
 	db := &slowDB{MemoryRepository: cacheaside.NewMemoryRepository(), latency: latency}
-	svc := cacheaside.NewUserService(db, cacheaside.NewRedisCache(rdb, cacheaside.WithKeyPrefix(prefix)))
+	svc := cacheaside.NewUserService(db, cacheaside.NewRedisCache(rdb, cacheaside.WithKeyPrefix(prefix)),
+		// The default time box (100 ms) suits a Redis on the same network; a
+		// laptop busy compiling can keep miniredis waiting longer than that,
+		// and the story's counts would then show it falling back.
+		cacheaside.WithCacheTimeout(time.Second))
+	defer svc.Close()
 	fmt.Fprintf(w, "cache-aside quickstart: %s, database reads take %v\n\n", where, latency)
 
 	alice := &cacheaside.User{Name: "Alice", Email: "alice@example.com"}
