@@ -405,17 +405,24 @@ func (b *bus) stop() {
 // member counted then has acknowledged or lost its lease. The wait is
 // bounded by twice the lease.
 func (b *bus) announce(ctx context.Context, kind byte, write, key string) {
-	ctx = context.WithoutCancel(ctx)
 	msg := busMsg{kind: kind, id: write, key: key}.encode()
-	actx, cancel := context.WithTimeout(ctx, b.timeout)
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.timeout)
 	_, members, err := b.t.busAnnounce(actx, msg)
 	cancel()
+	b.settle(ctx, write, members, err)
+}
+
+// settle does what a writer does after an announcement of write that
+// counted members, or failed with err: a strict bus waits until each
+// member has acknowledged or lost its lease.
+func (b *bus) settle(ctx context.Context, write string, members []busMember, err error) {
+	ctx = context.WithoutCancel(ctx)
 	if err != nil {
 		// Members that missed it may still serve the old value until their
 		// validity runs out, within a lease: a strict writer that knows of
 		// members waits that out. A fleet without local tiers waits for
 		// nothing.
-		b.log.Warn("cacheaside: bus announcement failed", "key", key, "err", err)
+		b.log.Warn("cacheaside: bus announcement failed", "write", write, "err", err)
 		if b.strict && b.members.Load() {
 			b.waitOut(ctx)
 		}

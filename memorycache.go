@@ -229,3 +229,19 @@ func (m *MemoryCache) busDropAcks(_ context.Context, write string) error {
 	m.bus.DropAcks(write)
 	return nil
 }
+
+// beginWriteAnnounced places marker under key and announces msg on the bus
+// (see writeAnnouncer).
+func (m *MemoryCache) beginWriteAnnounced(ctx context.Context, key string, marker []byte, ttl time.Duration, msg []byte) (error, []busMember, error) {
+	markErr := m.SetJSON(ctx, key, json.RawMessage(marker), ttl)
+	_, ms, annErr := m.busAnnounce(ctx, msg)
+	return markErr, ms, annErr
+}
+
+// endWriteAnnounced ends a write to key (see writeClearer) and announces
+// msg on the bus (see writeAnnouncer).
+func (m *MemoryCache) endWriteAnnounced(ctx context.Context, key string, marker []byte, prefix string, related []string, msg []byte) (error, []busMember, error) {
+	clearErr := m.clearWrite(ctx, key, marker, prefix, related)
+	_, ms, annErr := m.busAnnounce(ctx, msg)
+	return clearErr, ms, annErr
+}

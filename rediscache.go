@@ -250,11 +250,7 @@ func (r *RedisCache) busAnnounce(ctx context.Context, msg []byte) (time.Time, []
 		return time.Time{}, nil, err
 	}
 	now, ms, err := r.c.Announce(ctx, msg)
-	out := make([]busMember, len(ms))
-	for i, m := range ms {
-		out[i] = busMember{id: m.ID, expires: m.Expires}
-	}
-	return now, out, err
+	return now, busMembers(ms), err
 }
 
 func (r *RedisCache) busRenew(ctx context.Context, member string, lease time.Duration) error {
@@ -297,4 +293,32 @@ func (r *RedisCache) busDropAcks(ctx context.Context, write string) error {
 		return err
 	}
 	return r.c.DropAcks(ctx, write)
+}
+
+// beginWriteAnnounced places marker under key and announces msg on the bus,
+// in one round trip (see writeAnnouncer).
+func (r *RedisCache) beginWriteAnnounced(ctx context.Context, key string, marker []byte, ttl time.Duration, msg []byte) (error, []busMember, error) {
+	if err := r.ready(); err != nil {
+		return err, nil, err
+	}
+	markErr, _, ms, annErr := r.c.BeginWrite(ctx, key, marker, ttl, msg)
+	return markErr, busMembers(ms), annErr
+}
+
+// endWriteAnnounced ends a write to key (see writeClearer) and announces
+// msg on the bus, in one round trip (see writeAnnouncer).
+func (r *RedisCache) endWriteAnnounced(ctx context.Context, key string, marker []byte, prefix string, related []string, msg []byte) (error, []busMember, error) {
+	if err := r.ready(); err != nil {
+		return err, nil, err
+	}
+	clearErr, _, ms, annErr := r.c.EndWrite(ctx, key, marker, prefix, related, msg)
+	return clearErr, busMembers(ms), annErr
+}
+
+func busMembers(ms []rediscache.Member) []busMember {
+	out := make([]busMember, len(ms))
+	for i, m := range ms {
+		out[i] = busMember{id: m.ID, expires: m.Expires}
+	}
+	return out
 }

@@ -5,6 +5,8 @@ import (
 	"context"
 	"math/rand/v2"
 	"strconv"
+	"sync"
+	"time"
 )
 
 // A write to the source of truth goes through three steps around the
@@ -56,6 +58,14 @@ type writeOp struct {
 	marker []byte
 }
 
+// writeAnnouncer is what the adapters of this package offer to begin and
+// end a write in one round trip each: the write intent (or its clearing)
+// and the bus announcement together. Each half reports its own error.
+type writeAnnouncer interface {
+	beginWriteAnnounced(ctx context.Context, key string, marker []byte, ttl time.Duration, msg []byte) (markErr error, members []busMember, annErr error)
+	endWriteAnnounced(ctx context.Context, key string, marker []byte, prefix string, related []string, msg []byte) (clearErr error, members []busMember, annErr error)
+}
+
 // beginWrite starts a write to key: this process's local tier drops the
 // key, a write-intent marker replaces its entry, and, with a strict bus,
 // every member is told and has dropped the key (or lost its lease) before
@@ -65,11 +75,59 @@ func (a *Aside[K, V]) beginWrite(ctx context.Context, key string) writeOp {
 	if a.tier != nil {
 		a.tier.invalidate(key, msgPrepare)
 	}
-	w.marker = a.placeIntent(ctx, key)
-	if a.bus != nil && a.bus.strict {
-		a.bus.announce(ctx, msgPrepare, w.id, key)
+	wa, ok := a.g.c.(writeAnnouncer)
+	if !ok || a.g.leaser == nil || a.bus == nil || !a.bus.strict {
+		w.marker = a.placeIntent(ctx, key)
+		if a.bus != nil && a.bus.strict {
+			a.bus.announce(ctx, msgPrepare, w.id, key)
+		}
+		return w
 	}
+	marker := newWriteMarker()
+	msg := busMsg{kind: msgPrepare, id: w.id, key: key}.encode()
+	var res announced
+	markErr := a.g.do(context.WithoutCancel(ctx), a.g.shard(key), func(ctx context.Context) error {
+		markErr, members, annErr := wa.beginWriteAnnounced(ctx, key, marker, a.o.loadTimeout, msg)
+		res.set(members, annErr)
+		return markErr
+	})
+	members, annErr := res.get(markErr)
+	if markErr == nil {
+		w.marker = marker
+	} else {
+		w.marker = a.placeIntent(ctx, key) // one more try
+	}
+	a.bus.settle(ctx, w.id, members, annErr)
 	return w
+}
+
+// announced is what an announcement made inside a guarded call returned;
+// the call may outlive its time box, hence the lock.
+type announced struct {
+	mu      sync.Mutex // protects the rest
+	done    bool
+	members []busMember
+	err     error
+}
+
+func (r *announced) set(members []busMember, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.done, r.members, r.err = true, members, err
+}
+
+// get returns what the announcement returned, or, if it never returned,
+// callErr (or a time-out).
+func (r *announced) get(callErr error) ([]busMember, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch {
+	case r.done:
+		return r.members, r.err
+	case callErr != nil:
+		return nil, callErr
+	}
+	return nil, ErrCacheUnavailable
 }
 
 // placeIntent places a write-intent marker on key and returns it, or nil
@@ -100,9 +158,42 @@ func (a *Aside[K, V]) endWrite(ctx context.Context, key string, w writeOp, relat
 	}
 	a.gens.bump(key)
 	keys := a.deletable(ctx, related)
-	failed, err := a.g.clearWrite(context.WithoutCancel(ctx), key, w.marker, keys)
-	err = a.afterDelete(ctx, key, seqs, failed, err)
-	a.tellDone(ctx, w.id, key)
+	wa, ok := a.g.c.(writeAnnouncer)
+	if !ok || a.bus == nil {
+		failed, err := a.g.clearWrite(context.WithoutCancel(ctx), key, w.marker, keys)
+		err = a.afterDelete(ctx, key, seqs, failed, err)
+		a.tellDone(ctx, w.id, key)
+		return err
+	}
+	inline := keys
+	if a.g.sharder != nil { // the related keys may live on other shards
+		inline = nil
+	}
+	msg := busMsg{kind: msgDone, id: w.id, key: key}.encode()
+	var res announced
+	cctx := context.WithoutCancel(ctx)
+	clearErr := a.g.do(cctx, a.g.shard(key), func(ctx context.Context) error {
+		clearErr, members, annErr := wa.endWriteAnnounced(ctx, key, w.marker, writingPrefix, inline, msg)
+		res.set(members, annErr)
+		return clearErr
+	})
+	var failed []string
+	if clearErr != nil {
+		failed = append([]string{key}, inline...)
+	}
+	if len(inline) < len(keys) {
+		f, derr := a.g.del(cctx, keys)
+		failed = append(failed, f...)
+		if clearErr == nil {
+			clearErr = derr
+		}
+	}
+	err := a.afterDelete(ctx, key, seqs, failed, clearErr)
+	if a.tier != nil {
+		a.tier.invalidate(key, msgDone)
+	}
+	members, annErr := res.get(clearErr)
+	a.bus.settle(ctx, w.id, members, annErr)
 	return err
 }
 

@@ -68,23 +68,7 @@ type Member struct {
 // Announce publishes msg on the bus and returns the members whose lease had
 // not run out when it did, and the server's time then.
 func (c *Cache) Announce(ctx context.Context, msg []byte) (time.Time, []Member, error) {
-	res, err := announce.Run(ctx, c.c, []string{c.membersKey()}, c.BusChannel(), msg).Slice()
-	if err != nil {
-		return time.Time{}, nil, err
-	}
-	if len(res) != 2 {
-		return time.Time{}, nil, errors.New("unexpected reply to the announce script")
-	}
-	now, _ := res[0].(int64)
-	flat, _ := res[1].([]any)
-	members := make([]Member, 0, len(flat)/2)
-	for i := 0; i+1 < len(flat); i += 2 {
-		id, _ := flat[i].(string)
-		score, _ := flat[i+1].(string)
-		ms, _ := strconv.ParseFloat(score, 64)
-		members = append(members, Member{ID: id, Expires: time.UnixMilli(int64(ms))})
-	}
-	return time.UnixMilli(now), members, nil
+	return announced(announce.Run(ctx, c.c, []string{c.membersKey()}, c.BusChannel(), msg))
 }
 
 // Publish publishes msg on the bus.
@@ -164,4 +148,73 @@ func (c *Cache) DropAcks(ctx context.Context, write string) error {
 // Subscribe subscribes to the bus on the client the cache was given.
 func (c *Cache) Subscribe(ctx context.Context) *redis.PubSub {
 	return c.user.Subscribe(ctx, c.BusChannel())
+}
+
+// BeginWrite places marker under key for ttl, replacing whatever is there,
+// and announces msg, in one round trip (a pipeline, which a cluster client
+// sends to the two slots' nodes at once). It returns the error of each
+// half, and the announcement's result.
+func (c *Cache) BeginWrite(ctx context.Context, key string, marker []byte, ttl time.Duration, msg []byte) (markErr error, now time.Time, members []Member, annErr error) {
+	var set *redis.StatusCmd
+	var ann *redis.Cmd
+	_, _ = c.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		set = p.Set(ctx, c.prefix+key, marker, ttl)
+		ann = announce.Eval(ctx, p, []string{c.membersKey()}, c.BusChannel(), msg)
+		return nil
+	})
+	now, members, annErr = announced(ann)
+	return set.Err(), now, members, annErr
+}
+
+// EndWrite ends a write to key (see ClearWrite) and announces msg, in one
+// round trip. On a cluster the related keys are deleted by commands of
+// their own in the same pipeline.
+func (c *Cache) EndWrite(ctx context.Context, key string, mine []byte, prefix string, related []string, msg []byte) (clearErr error, now time.Time, members []Member, annErr error) {
+	keys := []string{c.prefix + key}
+	if !c.cluster {
+		for _, k := range related {
+			keys = append(keys, c.prefix+k)
+		}
+	}
+	var clear []redis.Cmder
+	var ann *redis.Cmd
+	_, _ = c.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		clear = append(clear, clearWrite.Eval(ctx, p, keys, mine, prefix))
+		if c.cluster {
+			for _, k := range related {
+				clear = append(clear, p.Del(ctx, c.prefix+k))
+			}
+		}
+		ann = announce.Eval(ctx, p, []string{c.membersKey()}, c.BusChannel(), msg)
+		return nil
+	})
+	for _, cmd := range clear {
+		if err := cmd.Err(); err != nil {
+			clearErr = err
+			break
+		}
+	}
+	now, members, annErr = announced(ann)
+	return clearErr, now, members, annErr
+}
+
+// announced reads the reply of the announce script.
+func announced(cmd *redis.Cmd) (time.Time, []Member, error) {
+	res, err := cmd.Slice()
+	if err != nil {
+		return time.Time{}, nil, err
+	}
+	if len(res) != 2 {
+		return time.Time{}, nil, errors.New("unexpected reply to the announce script")
+	}
+	now, _ := res[0].(int64)
+	flat, _ := res[1].([]any)
+	members := make([]Member, 0, len(flat)/2)
+	for i := 0; i+1 < len(flat); i += 2 {
+		id, _ := flat[i].(string)
+		score, _ := flat[i+1].(string)
+		ms, _ := strconv.ParseFloat(score, 64)
+		members = append(members, Member{ID: id, Expires: time.UnixMilli(int64(ms))})
+	}
+	return time.UnixMilli(now), members, nil
 }
