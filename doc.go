@@ -126,6 +126,77 @@
 // instance may serve the old row from the cache; the fault tests measure
 // the window (tens of milliseconds), and it closes when the retry lands.
 //
+// # Local tier: memory speed, linearizable reads
+//
+// [WithLocalCache] keeps values in process memory, in front of the shared
+// cache, on otter's W-TinyLFU cache: a hit costs no network call and a
+// little over a bare otter lookup. Every history of reads and writes of a
+// key, across all instances, stays linearizable: once any caller anywhere
+// has seen a write's value, no caller anywhere sees the value it replaced.
+// This is invalidation with leases, as in Chubby (Burrows, OSDI 2006) and
+// Gray and Cheriton's leases (SOSP 1989), over an invalidation bus in the
+// shared cache (Redis pub/sub; an in-process bus for the memory cache).
+//
+// Members. Every instance with a local tier is a member: it subscribes to
+// the bus and holds a membership lease in the shared cache (a sorted set
+// scored on the cache's clock, [WithLocalLease], 1 s by default). Every
+// quarter lease it publishes a heartbeat; when its own heartbeat comes back
+// through its subscription, which proves that the subscription delivers
+// (and delivered everything published before it), it renews its lease. It
+// serves from memory only until a quarter lease short of the lease, counted
+// on its own monotonic clock from when it sent the renewal: the cache's
+// clock can only end the lease later than that. If its subscription breaks
+// (a reconnect may have lost messages) or its validity runs out, it stops
+// serving from memory and empties its tier before it serves again.
+//
+// Writes. A write to key k, from any instance, runs:
+//
+//  1. prepare: its own tier drops k; a write-intent marker replaces k's
+//     entry in the shared cache; "prepare k" is published and the live
+//     members read, in one atomic step; every member drops k, refuses to
+//     fill k until the write is done, and acknowledges; the writer waits
+//     for each counted member's acknowledgement, or for its lease to run
+//     out on the cache's clock;
+//  2. the write to the source;
+//  3. done: the marker is deleted; "done k" is published and the members
+//     read, atomically; every member drops k again, may fill it again, and
+//     acknowledges; the writer waits as in step 1.
+//
+// Why no member serves the old value after the new one was seen. The new
+// value can be seen only after step 2 starts. By then every member that
+// was live at step 1 has dropped k and refuses to fill it, or has lost its
+// lease, and so its validity, before the writer went on. A member that
+// joined after step 1 had no old value (its tier starts empty), and any
+// read it starts finds the marker, not the old entry, in the shared cache;
+// until step 3 no member fills k, and a fill is only ever a value read as a
+// hit in the shared cache or stored there by the member's own lease (never
+// a value loaded past a marker, or without filling). So while the write
+// runs, k is served from the shared cache, which is linearizable on its own
+// (leases, markers), or from the source. After step 3 every member counted
+// then has dropped k again, so the only values a member can hold were read
+// after the marker was deleted, that is after the source changed.
+//
+// Invalidations that overtake a fill. A fill notes, when its read begins,
+// the key's stripe generation and the tier's epoch; every invalidation
+// bumps the generation and every emptying the epoch, under the stripe's
+// lock (every stripe's lock, for an emptying), and the fill checks both and
+// inserts under the same lock. A message about k that arrives while a read
+// of k is on its way makes the fill a no-op. Members that join mid-write
+// are covered above; a member's acknowledgement is sent only after it has
+// dropped the key.
+//
+// The cost. A write waits for every member's acknowledgements, twice: a
+// round trip through the bus in a healthy fleet, and up to one lease for a
+// member cut off from the cache. A member cut off stops serving from memory
+// within a lease. The local hit path reads no clock: a timer ends the
+// tier's validity at its deadline, which assumes the process's timers fire
+// within a quarter lease of their time (a process stopped longer than
+// that, in a debugger or a throttled container, could serve from memory
+// that much past its lease). [WithRelaxedLocalCache] drops the waiting:
+// writers wait for nobody and members hold no lease, so a member serves a
+// replaced value until the bus delivers the invalidation, or, if the bus
+// breaks, until its validity runs out. It is never the default.
+//
 // # Errors and options
 //
 // Errors wrap this package's sentinels and the repository's own causes, so
@@ -202,7 +273,11 @@ package cacheaside
 //	outbox.go        the transactional outbox and its drain
 //	keys.go          how IDs become keys; the library's own namespace
 //
-// The features still to come each get a file of their own beside these:
-// an in-process tier with its invalidation bus, a fleet-wide Bloom filter,
-// warming, early refresh; metrics export lives in a module of its own,
-// like bench/, so that its dependencies reach only those who import it.
+//	write.go         write intents, and the write path around the bus
+//	bus.go           the invalidation bus: members, leases, announcements
+//	localtier.go     the local tier
+//
+// The features still to come each get a file of their own beside these: a
+// fleet-wide Bloom filter, warming, early refresh; metrics export lives in
+// a module of its own, like bench/, so that its dependencies reach only
+// those who import it.
