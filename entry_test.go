@@ -128,3 +128,27 @@ func FuzzEntryParse(f *testing.F) {
 		}
 	})
 }
+
+// TestEntry_KeyOfAnotherType: a key that holds a hash, not a string, is no
+// value: a read is a miss, counted, and the fill replaces it.
+func TestEntry_KeyOfAnotherType(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		if b.client == nil {
+			t.Skip("a Redis type")
+		}
+		ctx := context.Background()
+		repo := newTestRepo()
+		u := seedUser(t, repo, "typed")
+		require.NoError(t, b.client.HSet(ctx, b.prefix+userCacheKey(u.ID), "f", "v").Err())
+		svc := NewUserService(repo, b.cache)
+		for range 2 {
+			got, err := svc.GetUser(ctx, u.ID)
+			require.NoError(t, err)
+			require.Equal(t, "typed", got.Name)
+		}
+		m := svc.GetMetrics()
+		require.Equal(t, int64(1), m.DecodeErrors)
+		require.Equal(t, int64(1), m.CacheHits, "the fill replaced the hash")
+		require.Zero(t, m.CacheErrors, "a key of another type is not a failing cache")
+	})
+}

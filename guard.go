@@ -454,7 +454,7 @@ type workers struct {
 }
 
 // idleWorker is how long a worker waits for its next call before it ends.
-const idleWorker = time.Second
+const idleWorker = 100 * time.Millisecond
 
 func (w *workers) run(f func()) {
 	select {

@@ -3,6 +3,7 @@ package rediscache
 import (
 	"context"
 	"errors"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -45,8 +46,57 @@ return 1`)
 // SetNX stores b under key for ttl if key is empty and returns nil and
 // true; otherwise it returns what key holds and false. A value that starts
 // with leasePrefix and has no expiry, and a key of another type, count as
-// empty. One round trip.
+// empty. One round trip: on Redis 7 and later, the native SET NX GET PX
+// with a PTTL in the same pipeline, and the script only when what they
+// find needs it; before 7.0, which refuses NX with GET, the script.
 func (c *Cache) SetNX(ctx context.Context, key string, b []byte, ttl time.Duration, leasePrefix string) ([]byte, bool, error) {
+	if !c.noSetNXGet.Load() {
+		held, set, err := c.setNXGet(ctx, key, b, ttl, leasePrefix)
+		if !errors.Is(err, errUseScript) {
+			return held, set, err
+		}
+	}
+	return c.setNXScript(ctx, key, b, ttl, leasePrefix)
+}
+
+// errUseScript says that the native SET NX GET cannot answer: the server
+// refused it, or the key holds what only the script handles.
+var errUseScript = errors.New("use the script")
+
+func (c *Cache) setNXGet(ctx context.Context, key string, b []byte, ttl time.Duration, leasePrefix string) ([]byte, bool, error) {
+	var set *redis.Cmd
+	var pttl *redis.DurationCmd
+	_, _ = c.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		set = p.Do(ctx, "set", c.prefix+key, b, "nx", "get", "px", ms(ttl))
+		pttl = p.PTTL(ctx, c.prefix+key)
+		return nil
+	})
+	text, err := set.Text()
+	held := []byte(text)
+	switch {
+	case errors.Is(err, redis.Nil):
+		return nil, true, nil // the key was empty: the lease is placed
+	case IsWrongType(err):
+		return nil, false, errUseScript
+	case err != nil && isSyntaxError(err):
+		c.noSetNXGet.Store(true) // Redis before 7.0
+		return nil, false, errUseScript
+	case err != nil:
+		return nil, false, err
+	}
+	if d, _ := pttl.Result(); d == -1 && strings.HasPrefix(string(held), leasePrefix) {
+		return nil, false, errUseScript // a marker without an expiry counts as empty
+	}
+	return held, false, nil
+}
+
+// isSyntaxError reports whether err is Redis refusing a command's form.
+func isSyntaxError(err error) bool {
+	var re redis.Error
+	return errors.As(err, &re) && strings.HasPrefix(re.Error(), "ERR")
+}
+
+func (c *Cache) setNXScript(ctx context.Context, key string, b []byte, ttl time.Duration, leasePrefix string) ([]byte, bool, error) {
 	v, err := setNX.Run(ctx, c.c, []string{c.prefix + key}, b, ms(ttl), leasePrefix).Text()
 	if errors.Is(err, redis.Nil) {
 		return nil, true, nil

@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -25,6 +26,8 @@ type Cache struct {
 	prefix  string
 	cluster bool
 	bounded bool // every call returns by its context's deadline
+
+	noSetNXGet atomic.Bool // the server refused SET NX GET (before Redis 7.0)
 }
 
 // New returns a cache that stores every key under prefix on c.
