@@ -317,6 +317,8 @@ func (a *Aside[K, V]) leaseBatch(ctx context.Context, b *batch[K, V], missing []
 			case leaseFailed:
 				a.cacheFailed(ctx, f.key, t.err)
 				f.mode, f.expect = fillNone, nil
+			case leaseWriting: // read it with the others, do not fill
+				f.mode, f.expect = fillNone, nil
 			case leaseForeign, leaseMoved:
 				foreign = append(foreign, j)
 				continue

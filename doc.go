@@ -72,15 +72,23 @@
 // # Write path
 //
 // [UserService.UpdateUser], CreateUser and DeleteUser validate their input
-// (bad input is [ErrInvalidUser], and the repository is not called), write
-// the repository first, then delete "user:<id>" and the related keys
-// ("users:all", "user_posts:<id>", "user_stats:<id>"; see
-// [WithRelatedKeys]). Before deleting, a write moves the key to a new
-// generation: a read that starts after the write returns never joins a load
-// that started before it, and such a load's fill is dropped rather than
-// writing the old row back. A failed delete is counted, logged and retried
-// until it lands (see below); it does not fail the write, whose data is
-// already durable.
+// (bad input is [ErrInvalidUser], and the repository is not called). Then,
+// over a cache with compare-and-swap (Redis, the memory cache), the key's
+// entry is replaced by a write-intent marker, the repository is written,
+// and the marker and the related keys ("users:all", "user_posts:<id>",
+// "user_stats:<id>"; see [WithRelatedKeys]) are deleted: one round trip to
+// the cache before the write and one after. A reader that finds the marker
+// neither waits nor fills: it reads the repository, whose value (old or
+// new) is a right answer for a read that overlaps the write, and leaves the
+// key to the writer; no lease can be placed over the marker, so the old row
+// cannot be loaded back while the write runs. The marker expires with the
+// load timeout if its writer dies. Before deleting, a write also moves the
+// key to a new generation: a read that starts after the write returns
+// never joins a load that started before it, and such a load's fill is
+// dropped rather than writing the old row back. A failed delete is
+// counted, logged and retried until it lands (see below); it does not fail
+// the write, whose data is already durable. [Aside.Write] runs your own
+// write the same way.
 //
 // Within one process, this generation also keeps a fill through a cache
 // without leases from writing the old row back. Across processes that share

@@ -63,6 +63,7 @@ const (
 	leaseForeign                     // another caller's lease holds the key
 	leaseValue                       // the key holds a fresh value or "not found"
 	leaseMoved                       // the key changed while we took it over
+	leaseWriting                     // a write is in progress: read the source, do not fill
 	leaseFailed                      // the cache failed
 )
 
@@ -87,7 +88,9 @@ func (a *Aside[K, V]) takeLease(ctx context.Context, id K, key string, lease []b
 		return leaseTry[V]{out: leaseFailed, err: err}
 	case held == nil:
 		return leaseTry[V]{out: leaseTaken}
-	case isHeld(held): // another caller's lease, or a write in progress
+	case isWriting(held):
+		return leaseTry[V]{out: leaseWriting}
+	case isLease(held):
 		return leaseTry[V]{out: leaseForeign, held: held}
 	}
 	t := leaseTry[V]{out: leaseTaken}
@@ -131,6 +134,13 @@ func (a *Aside[K, V]) leaseLoad(ctx context.Context, id K, f fill, r *result[V])
 			return
 		case t.out == leaseFailed:
 			a.cacheFailed(ctx, f.key, t.err)
+			a.loadInto(ctx, id, f, r)
+			return
+		case t.out == leaseWriting:
+			// The write's intent replaced the old value: read the source,
+			// which holds the old value or the new one, both right for a
+			// read that overlaps the write, and leave the cache to the
+			// writer.
 			a.loadInto(ctx, id, f, r)
 			return
 		case t.out == leaseTaken:

@@ -15,10 +15,13 @@ import (
 //
 //  1. Intent: the key's entry is replaced by a write-intent marker (a JSON
 //     string, like a lease, that no value encodes to). No lease can be
-//     placed over it and no fill can replace it; readers that find it wait
-//     for it to go, as they wait for a lease, and past the lease wait read
-//     the source without filling. The old value is gone from the cache
-//     before the source changes.
+//     placed over it and no fill can replace it; readers that find it read
+//     the source without filling and without waiting (the source holds the
+//     old value or the new one, both right for a read that overlaps the
+//     write). The old value is gone from the cache before the source
+//     changes, and a member of the bus that joins mid-write finds the
+//     marker, not the old value, so it has nothing old to fill its tier
+//     with (see doc.go).
 //  2. The write itself.
 //  3. The marker is deleted, with the related keys, unless another
 //     writer's marker has replaced it (that writer deletes its own). If the
@@ -36,7 +39,7 @@ const writingPrefix = markerPrefix + `writing:`
 func isWriting(b []byte) bool { return bytes.HasPrefix(b, []byte(writingPrefix)) }
 
 // isHeld reports whether b is a lease or a write intent: a key that some
-// caller is working on, which a reader waits for instead of loading.
+// caller is working on, which holds no value to read.
 func isHeld(b []byte) bool { return isLease(b) || isWriting(b) }
 
 func newWriteMarker() []byte {
