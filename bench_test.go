@@ -277,7 +277,7 @@ func BenchmarkLocalHitRatio(b *testing.B) {
 	if err := repo.CreateUser(ctx, u); err != nil {
 		b.Fatal(err)
 	}
-	svc := NewUserService(repo, NewMemoryCache(), WithLocalCache(1000))
+	svc := NewUserService(repo, NewMemoryCache(), WithLocalCache(1000), withJoinGrace(testJoinGrace))
 	b.Cleanup(func() { svc.Close() })
 	for svc.GetMetrics().Membership != "serving" {
 		time.Sleep(time.Millisecond)

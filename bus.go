@@ -2,6 +2,7 @@ package cacheaside
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"log/slog"
@@ -153,6 +154,14 @@ type bus struct {
 	serving atomic.Bool
 	coarse  atomic.Int64
 	members atomic.Bool // the last announcement counted members besides this one
+	// fillAfter is when, on the mono clock, a member that (re)joined may
+	// fill its tier again: grace after its lease was renewed.
+	fillAfter atomic.Int64
+	grace     time.Duration
+
+	obsMu   sync.Mutex // protects obsAt and quietAt
+	obsAt   int64      // when the announcement last observed was sent, on the mono clock
+	quietAt int64      // when the last announcement that counted no members was sent; 0: it did count some, or failed
 	out     chan func(context.Context)
 
 	mu    sync.Mutex  // serializes distrust, extend and expire; protects sub and timer
@@ -164,7 +173,8 @@ func newBus(t busTransport, strict bool, lease time.Duration, o options, m *coun
 	return &bus{
 		t: t, member: randomID(), lease: lease, margin: lease / 4,
 		strict: strict, timeout: o.cacheTimeout, log: o.logger, m: m, h: h,
-		out: make(chan func(context.Context), 1024),
+		out:   make(chan func(context.Context), 1024),
+		grace: cmp.Or(o.joinGrace, o.loadTimeout),
 	}
 }
 
@@ -372,11 +382,16 @@ func (b *bus) extend(until int64, sub uint64) {
 	if sub != b.sub {
 		return
 	}
+	now := mono()
 	if b.lapsed.Load() || b.validUntil.Load() == 0 {
+		// (Re)joining: writers that counted no members may be writing
+		// without a marker (see quiet); fill nothing until they are done.
 		b.h.flush()
 		b.lapsed.Store(false)
+		if b.strict {
+			b.fillAfter.Store(now + int64(b.grace))
+		}
 	}
-	now := mono()
 	if until <= b.validUntil.Load() || until <= now {
 		return
 	}
@@ -407,16 +422,18 @@ func (b *bus) stop() {
 func (b *bus) announce(ctx context.Context, kind byte, write, key string) {
 	msg := busMsg{kind: kind, id: write, key: key}.encode()
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.timeout)
+	sent := mono()
 	_, members, err := b.t.busAnnounce(actx, msg)
 	cancel()
-	b.settle(ctx, write, members, err)
+	b.settle(ctx, write, sent, members, err)
 }
 
-// settle does what a writer does after an announcement of write that
-// counted members, or failed with err: a strict bus waits until each
-// member has acknowledged or lost its lease.
-func (b *bus) settle(ctx context.Context, write string, members []busMember, err error) {
+// settle does what a writer does after an announcement of write, sent at
+// sent on the mono clock, that counted members, or failed with err: a
+// strict bus waits until each member has acknowledged or lost its lease.
+func (b *bus) settle(ctx context.Context, write string, sent int64, members []busMember, err error) {
 	ctx = context.WithoutCancel(ctx)
+	b.observe(sent, members, err)
 	if err != nil {
 		// Members that missed it may still serve the old value until their
 		// validity runs out, within a lease: a strict writer that knows of
@@ -491,6 +508,40 @@ func (b *bus) await(ctx context.Context, write string, pending map[string]time.T
 	}()
 }
 
+// observe records what an announcement sent at sent counted.
+func (b *bus) observe(sent int64, members []busMember, err error) {
+	b.obsMu.Lock()
+	defer b.obsMu.Unlock()
+	if sent < b.obsAt {
+		return // a later one was observed first
+	}
+	b.obsAt = sent
+	quiet := err == nil
+	for _, m := range members {
+		if m.id != b.member {
+			quiet = false
+		}
+	}
+	b.quietAt = 0
+	if quiet {
+		b.quietAt = sent
+	}
+}
+
+// quiet reports whether, at now on the mono clock, a writer without a
+// local tier may write without a write-intent marker: an announcement sent
+// less than a lease ago counted no members. A member that joined since
+// fills nothing for grace after it joined (see extend), which covers every
+// such write that lands within grace less a lease of the announcement.
+func (b *bus) quiet(now int64) bool {
+	b.obsMu.Lock()
+	defer b.obsMu.Unlock()
+	return b.strict && b.quietAt != 0 && now-b.quietAt < int64(b.lease)
+}
+
+// filling reports whether, at now on the mono clock, the tier may fill.
+func (b *bus) filling(now int64) bool { return now >= b.fillAfter.Load() }
+
 // waitOut waits until every member that could have missed an announcement
 // has lost its validity: one lease.
 func (b *bus) waitOut(ctx context.Context) {
@@ -507,8 +558,10 @@ func (b *bus) waitOut(ctx context.Context) {
 
 // state names the bus's view of this member, for the metrics.
 func (b *bus) state() string {
-	switch {
-	case b.valid(mono()):
+	switch now := mono(); {
+	case b.valid(now) && !b.filling(now):
+		return "joining (serves from memory once its grace ends)"
+	case b.valid(now):
 		return "serving"
 	case b.strict:
 		return "not serving (waiting for its lease)"

@@ -47,6 +47,19 @@
 // that has waited [WithLeaseWait] reads the repository itself and returns
 // what it read without filling.
 //
+// A write that finds a lease (over the built-in caches) does not delete it
+// but refuses it: the key holds the lease's refused form for the rest of
+// the lease's time. The holder's fill then fails, and leaves the value it
+// read for the lease's waiters under a key of its own, for a lease TTL;
+// the waiters that found the lease take that value instead of following a
+// new holder or loading themselves (counted in LeaseHandoffs). It is right
+// for them: the holder began reading after its lease was placed, and a
+// write acknowledged before a waiter last found the lease had removed it
+// first, so the value includes every such write. A caller that joins the
+// waiter's flight after that instant is not given it, and new readers take
+// the refused key over, as an empty one. The test suite checks the
+// histories this produces for linearizability.
+//
 // The guarantee this gives, checked by a randomized checker in the test
 // suite against real Redis and Redis Cluster: no read returns a value older
 // than the newest write acknowledged before the read began. That includes
@@ -157,7 +170,8 @@
 // (a reconnect may have lost messages) or its validity runs out, it stops
 // serving from memory and empties its tier before it serves again.
 //
-// Writes. A write to key k, from any instance, runs:
+// Writes. A write to key k, from any instance (but see below for writers
+// without a tier), runs:
 //
 //  1. prepare: its own tier drops k; a write-intent marker replaces k's
 //     entry in the shared cache; "prepare k" is published and the live
@@ -183,6 +197,19 @@
 // (leases, markers), or from the source. After step 3 every member counted
 // then has dropped k again, so the only values a member can hold were read
 // after the marker was deleted, that is after the source changed.
+//
+// Writers without a tier, and members that join. The marker is there for
+// the members: a writer without a tier leaves it out when an announcement
+// it sent less than a lease ago counted no members, and its write then
+// costs one round trip, after the source changed (delete, "done", and a
+// fresh count of the members, in one round trip). A member that joins, or joins
+// again after its lease lapsed, fills nothing for a grace (the load
+// timeout) after its lease was first renewed: any such write that lands
+// within the grace less a lease of its count finds the member's tier
+// empty. This is the protocol's one assumption about time beyond the
+// leases, and the markers make it too: a write is expected to change the
+// source within the load timeout (a marker expires after it, and a
+// member refuses to fill a prepared key for as long).
 //
 // Invalidations that overtake a fill. A fill notes, when its read begins,
 // the key's stripe generation and the tier's epoch; every invalidation

@@ -126,7 +126,12 @@ func (a *Aside[K, V]) store(ctx context.Context, f fill, raw json.RawMessage, tt
 		err = a.g.set(ctx, f.key, raw, ttl)
 	case fillSwap:
 		var ok bool
-		ok, err = a.g.cas(ctx, f.key, f.expect, raw, ttl)
+		if a.g.handoff != nil && isLease(f.expect) {
+			// Refused, it is left for the lease's waiters (see leaseHandoff).
+			ok, err = a.g.fillLease(ctx, f.key, f.expect, raw, ttl, a.o.leaseTTL)
+		} else {
+			ok, err = a.g.cas(ctx, f.key, f.expect, raw, ttl)
+		}
 		if err == nil && !ok {
 			a.m.staleFills.Add(1)
 			return at, false

@@ -74,6 +74,7 @@ type guard struct {
 	leaser  Leaser       // nil when c does not implement it
 	sharder Sharder      // nil when c does not implement it
 	clearer writeClearer // nil when c does not implement it
+	handoff leaseHandoff // nil when c does not implement it
 	inProc  bool         // c lives in this process and cannot hang on a network
 	inline  bool         // c's calls return by their context's deadline
 	timeout time.Duration
@@ -100,6 +101,7 @@ func newGuard(c CacheClient, o options, m *counters) *guard {
 		g.sharder = nil // one server: one shard
 	}
 	g.clearer, _ = c.(writeClearer)
+	g.handoff, _ = c.(leaseHandoff)
 	_, g.inProc = c.(inProcess)
 	if b, ok := c.(ContextBounded); ok {
 		g.inline = b.BoundedByContext()
@@ -323,6 +325,33 @@ func (g *guard) setNX(ctx context.Context, key string, val []byte, ttl time.Dura
 		return nil, err
 	}
 	return held, nil
+}
+
+// fillLease fills key under lease or hands val over; see leaseHandoff.
+func (g *guard) fillLease(ctx context.Context, key string, lease, val []byte, ttl, hold time.Duration) (bool, error) {
+	var ok bool
+	err := g.do(ctx, g.shard(key), func(ctx context.Context) error {
+		s, err := g.handoff.fillLease(ctx, key, lease, val, ttl, hold)
+		ok = s
+		return err
+	})
+	if err != nil { // the call may still be running: do not read ok
+		return false, err
+	}
+	return ok, nil
+}
+
+// pollLease looks at key again for a waiter of seen; see leaseHandoff.
+func (g *guard) pollLease(ctx context.Context, key string, seen, mine []byte, ttl time.Duration) (held, handed []byte, err error) {
+	err = g.do(ctx, g.shard(key), func(ctx context.Context) error {
+		h, hd, err := g.handoff.pollLease(ctx, key, seen, mine, ttl)
+		held, handed = h, hd
+		return err
+	})
+	if err != nil { // the call may still be running: do not read the rest
+		return nil, nil, err
+	}
+	return held, handed, nil
 }
 
 // cas swaps key's value from old to val; see Leaser.

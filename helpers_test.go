@@ -205,3 +205,13 @@ func getAsync(t *testing.T, svc *UserService, id int) <-chan *User {
 	}()
 	return ch
 }
+
+// testJoinGrace is how long a member that joins the bus fills nothing, in
+// tests: long enough for their writes (a few milliseconds each), short
+// enough not to slow them down. Writers without a tier that counted no
+// members write without a marker only if their write lands within it.
+const testJoinGrace = 150 * time.Millisecond
+
+// withJoinGrace sets how long a member that (re)joins the bus fills
+// nothing (the load timeout by default).
+func withJoinGrace(d time.Duration) Option { return func(o *options) { o.joinGrace = d } }

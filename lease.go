@@ -45,6 +45,19 @@ const leasePrefix = markerPrefix + `lease:`
 
 func isLease(b []byte) bool { return bytes.HasPrefix(b, []byte(leasePrefix)) }
 
+// refusedPrefix starts a refused lease: what a write leaves of a lease it
+// found, for the rest of the lease's time, followed by the lease's token.
+// The lease's holder then hands its value to the lease's waiters instead
+// of filling (see leaseHandoff), and new readers take the key over.
+const refusedPrefix = markerPrefix + `refused:`
+
+func isRefused(b []byte) bool { return bytes.HasPrefix(b, []byte(refusedPrefix)) }
+
+// refusedOf returns the refused form of lease.
+func refusedOf(lease []byte) []byte {
+	return append([]byte(refusedPrefix), lease[len(leasePrefix):]...)
+}
+
 // newLease returns a lease with a fresh random token of 126 bits, from
 // math/rand/v2's ChaCha8 source: tokens need to be unique, not secret.
 func newLease() []byte {
@@ -64,13 +77,15 @@ const (
 	leaseValue                       // the key holds a fresh value or "not found"
 	leaseMoved                       // the key changed while we took it over
 	leaseWriting                     // a write is in progress: read the source, do not fill
+	leaseHanded                      // the lease waited for handed over its refused fill
+	leasePending                     // the lease waited for was refused: its holder will hand over
 	leaseFailed                      // the cache failed
 )
 
 // leaseTry is what takeLease found.
 type leaseTry[V any] struct {
 	out   leaseOutcome
-	v     *V              // leaseValue: the value, nil for "not found"
+	v     *V              // leaseValue, leaseHanded: the value, nil for "not found"
 	exp   time.Time       // leaseValue: when v stops being fresh
 	held  []byte          // leaseForeign: the other lease
 	stale stale[V]        // leaseTaken: the stale entry the lease replaced
@@ -79,22 +94,40 @@ type leaseTry[V any] struct {
 }
 
 // takeLease tries to place lease on key: on an empty key, or over a stale
-// or corrupt entry, which it replaces by compare-and-swap.
-func (a *Aside[K, V]) takeLease(ctx context.Context, id K, key string, lease []byte) leaseTry[V] {
+// or corrupt entry, which it replaces by compare-and-swap. A caller that
+// waits for the lease seen (nil for none) takes the value that seen's
+// holder handed over, if its fill was refused (see leaseHandoff).
+func (a *Aside[K, V]) takeLease(ctx context.Context, id K, key string, lease, seen []byte) leaseTry[V] {
 	at := time.Now()
-	held, err := a.g.setNX(ctx, key, lease, a.o.leaseTTL)
+	var held, handed []byte
+	var err error
+	if seen != nil && a.g.handoff != nil {
+		held, handed, err = a.g.pollLease(ctx, key, seen, lease, a.o.leaseTTL)
+	} else {
+		held, err = a.g.setNX(ctx, key, lease, a.o.leaseTTL)
+	}
 	switch {
 	case err != nil:
 		return leaseTry[V]{out: leaseFailed, err: err}
+	case handed != nil:
+		switch f := a.decode(ctx, id, key, handed, false); f.st {
+		case stHit:
+			return leaseTry[V]{out: leaseHanded, v: f.v, exp: f.exp}
+		case stAbsent:
+			return leaseTry[V]{out: leaseHanded}
+		}
+		return leaseTry[V]{out: leaseMoved} // unusable: look again
 	case held == nil:
 		return leaseTry[V]{out: leaseTaken}
 	case isWriting(held):
 		return leaseTry[V]{out: leaseWriting}
 	case isLease(held):
 		return leaseTry[V]{out: leaseForeign, held: held}
+	case seen != nil && isRefused(held) && bytes.Equal(held, refusedOf(seen)):
+		return leaseTry[V]{out: leasePending, held: seen}
 	}
 	t := leaseTry[V]{out: leaseTaken}
-	f := a.decode(ctx, id, key, held, false)
+	f := a.decode(ctx, id, key, held, false) // another lease's refused form is a miss: take it over
 	switch f.st {
 	case stHit:
 		return leaseTry[V]{out: leaseValue, v: f.v, exp: f.exp}
@@ -124,10 +157,12 @@ func (a *Aside[K, V]) leaseLoad(ctx context.Context, id K, f fill, r *result[V])
 	deadline := time.Now().Add(a.o.leaseWait)
 	backoff := leaseBackoffMin
 	waited := false
-	var seen []byte // the foreign lease the backoff has grown on
+	var seen []byte      // the foreign lease the backoff has grown on
+	var sawAt time.Time // when the last look that found seen itself was sent
+	pinned := false     // seen was refused: its holder will hand its value over
 	for {
 		at := time.Now()
-		t := a.takeLease(ctx, id, f.key, lease)
+		t := a.takeLease(ctx, id, f.key, lease, seen)
 		switch {
 		case t.out == leaseFailed && ctx.Err() != nil:
 			r.err = wrapErr("load "+f.key, ctx.Err())
@@ -158,13 +193,34 @@ func (a *Aside[K, V]) leaseLoad(ctx context.Context, id K, f fill, r *result[V])
 				r.val, r.shared, r.exp = *t.v, true, t.exp
 			}
 			return
+		case t.out == leaseHanded:
+			// The holder of seen read the source after seen was placed,
+			// and seen was still there when sawAt's look was sent: every
+			// write acknowledged before then had deleted the key first, so
+			// the value includes it. It is not in the shared cache.
+			a.m.handoffs.Add(1)
+			r.fresh = sawAt
+			if t.v == nil {
+				r.err = a.notFound
+			} else {
+				r.val, r.exp = *t.v, t.exp
+			}
+			return
 		}
-		// Another caller's lease, or a key that changed under the takeover
-		// (a new holder too): wait for the holder's value.
-		if !bytes.Equal(t.held, seen) {
+		// Another caller's lease, a key that changed under the takeover (a
+		// new holder too), or seen refused: wait for the holder's value.
+		switch {
+		case t.out == leasePending:
+			pinned = true
+		case pinned && t.out == leaseForeign:
+			// A new holder, but seen's holder is still to hand over, and
+			// its value is owed to this caller: keep waiting for it too.
+		case !bytes.Equal(t.held, seen):
 			// A new holder: the key made progress (a fill, or a delete that
 			// beat it), so poll at the start of the backoff again.
-			seen, backoff = t.held, leaseBackoffMin
+			seen, sawAt, backoff, pinned = t.held, at, leaseBackoffMin, false
+		default:
+			sawAt = at
 		}
 		if !waited {
 			waited = true

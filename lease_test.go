@@ -369,3 +369,59 @@ func TestLease_WithoutExpiryIsNoLease(t *testing.T) {
 		require.Contains(t, raw, `"name":"unstuck"`, "the reader filled the key")
 	})
 }
+
+// TestLease_RefusedFillIsHandedToWaiters: a write that finds a holder's
+// lease refuses it rather than deleting it, so the holder's waiters, in
+// other instances, neither follow a new holder nor load themselves: they
+// take the value the holder read, which the refused fill hands over. A read
+// that starts after the write still loads the new row.
+func TestLease_RefusedFillIsHandedToWaiters(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		repo := newTestRepo()
+		u := seedUser(t, repo, "v0")
+		holder := NewUserService(repo, b.fork(t))
+		waiter := NewUserService(repo, b.fork(t))
+		writer := NewUserService(repo, b.fork(t))
+		for _, s := range []*UserService{holder, waiter, writer} {
+			t.Cleanup(func() { s.Close() })
+		}
+		key := userCacheKey(u.ID)
+		// A first write tells the writer that the fleet has no local tiers:
+		// the next one leaves no intent, and finds the lease.
+		require.NoError(t, writer.UpdateUser(ctx, &User{ID: u.ID, Name: "v1", Email: u.Email}))
+		gets := repo.gets.Load()
+
+		entered, release := holdFirstRead(repo)
+		held := getAsync(t, holder, u.ID)
+		<-entered // the holder has v1 in hand, under its lease
+		waited := getAsync(t, waiter, u.ID)
+		require.Eventually(t, func() bool { return waiter.GetMetrics().LeaseWaits == 1 }, 5*time.Second, time.Millisecond)
+
+		require.NoError(t, writer.UpdateUser(ctx, &User{ID: u.ID, Name: "v2", Email: u.Email}))
+		raw, _ := b.raw(key)
+		require.True(t, isRefused([]byte(raw)), "the write must refuse the lease, found %q", raw)
+		// A caller in the waiter's process that begins now joins its flight,
+		// but is owed v2.
+		late := getAsync(t, waiter, u.ID)
+		select {
+		case got := <-waited:
+			t.Fatalf("the waiter returned %v before the holder handed over", got)
+		case <-time.After(30 * time.Millisecond):
+		}
+
+		close(release)
+		require.Equal(t, "v1", (<-held).Name)
+		require.Equal(t, "v1", (<-waited).Name, "the waiter began before the write was acknowledged: the holder's value is right for it")
+		require.Equal(t, "v2", (<-late).Name, "a caller that began after the write must not take the handed value")
+		require.Equal(t, int64(1), waiter.GetMetrics().LeaseHandoffs)
+		require.Equal(t, gets+2, repo.gets.Load(), "the waiter must not load; the late caller loads once")
+		require.Equal(t, int64(1), holder.GetMetrics().StaleFillsSkipped)
+
+		for _, s := range []*UserService{waiter, holder, writer} {
+			got, err := s.GetUser(ctx, u.ID)
+			require.NoError(t, err)
+			require.Equal(t, "v2", got.Name, "a read after the write must see it")
+		}
+	})
+}

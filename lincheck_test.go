@@ -188,7 +188,7 @@ func TestLinearizable(t *testing.T) {
 		opts []UserOption
 	}{
 		{"shared cache only", nil},
-		{"strict local tiers", []UserOption{WithLocalCache(100), WithLocalLease(300 * time.Millisecond)}},
+		{"strict local tiers", []UserOption{WithLocalCache(100), WithLocalLease(300 * time.Millisecond), withJoinGrace(testJoinGrace)}},
 	}
 	forEachBackendMaker(t, func(t *testing.T, mk func(testing.TB) backend) {
 		for _, mode := range modes {
@@ -261,7 +261,7 @@ func TestLinearizable_WithFaults(t *testing.T) {
 		opts []UserOption
 	}{
 		{"shared cache only", nil},
-		{"strict local tiers", []UserOption{WithLocalCache(100), WithLocalLease(300 * time.Millisecond)}},
+		{"strict local tiers", []UserOption{WithLocalCache(100), WithLocalLease(300 * time.Millisecond), withJoinGrace(testJoinGrace)}},
 	} {
 		t.Run(mode.name, func(t *testing.T) {
 			srv := redisproc.Start(t, redisproc.Options{})

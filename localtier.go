@@ -63,6 +63,7 @@ type tierTicket struct {
 	s     *stripe
 	gen   uint64
 	epoch uint64
+	early bool // the read began within a joining member's grace
 }
 
 func newTier[V any](maxEntries int, hold time.Duration, prefix string) *tier[V] {
@@ -122,7 +123,7 @@ func (t *tier[V]) at(k uint64, key string) (V, bool) {
 // its value may fill the tier.
 func (t *tier[V]) begin(key string) tierTicket {
 	s, gen := t.gens.of(key)
-	return tierTicket{s: s, gen: gen, epoch: t.epoch.Load()}
+	return tierTicket{s: s, gen: gen, epoch: t.epoch.Load(), early: !t.bus.filling(mono())}
 }
 
 // fill stores v for key until exp, unless anything about key or the tier
@@ -132,7 +133,7 @@ func (t *tier[V]) fill(key string, v V, exp time.Time, tk tierTicket) {
 	defer tk.s.mu.RUnlock()
 	now := mono()
 	k, ok := t.tierKey(key)
-	if !ok || tk.s.gen.Load() != tk.gen || t.epoch.Load() != tk.epoch || !t.bus.valid(now) || t.isBlocked(key) {
+	if !ok || tk.early || tk.s.gen.Load() != tk.gen || t.epoch.Load() != tk.epoch || !t.bus.valid(now) || t.isBlocked(key) {
 		return
 	}
 	t.c.Set(k, tierEntry[V]{key: key, v: v, exp: now + int64(time.Until(exp))})

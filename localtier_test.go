@@ -42,7 +42,7 @@ type tierInstance struct {
 // backend it has a client of its own.
 func newTierInstance(t *testing.T, b backend, repo UserRepository, opts ...UserOption) tierInstance {
 	t.Helper()
-	opts = append([]UserOption{WithLocalCache(1000), WithLocalLease(300 * time.Millisecond), WithRelatedKeys(nil)}, opts...)
+	opts = append([]UserOption{WithLocalCache(1000), WithLocalLease(300 * time.Millisecond), withJoinGrace(testJoinGrace), WithRelatedKeys(nil)}, opts...)
 	var cache CacheClient
 	var sent *commandCounter
 	if rc, ok := b.fork(t).(*RedisCache); ok {
@@ -182,7 +182,7 @@ func proxiedInstance(t *testing.T, addr string, repo UserRepository, opts ...Use
 	require.NoError(t, err)
 	t.Cleanup(func() { p.Close() })
 	c := redis.NewClient(&redis.Options{Addr: p.Addr()})
-	opts = append([]UserOption{WithLocalCache(1000), WithRelatedKeys(nil)}, opts...)
+	opts = append([]UserOption{WithLocalCache(1000), withJoinGrace(testJoinGrace), WithRelatedKeys(nil)}, opts...)
 	svc := NewUserService(repo, NewRedisCache(c), opts...)
 	t.Cleanup(func() {
 		svc.Close()

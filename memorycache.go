@@ -151,7 +151,12 @@ func (m *MemoryCache) clearWrite(ctx context.Context, key string, marker []byte,
 		if !ok || (!bytes.Equal(held, marker) && bytes.HasPrefix(held, []byte(prefix))) {
 			break
 		}
-		if m.c.CompareAndSwap(key, held, nil, 0) {
+		var next []byte // delete, or refuse a lease (see rediscache's clearWrite)
+		left, _ := m.c.TTL(key)
+		if isLease(held) && left > 0 {
+			next = refusedOf(held)
+		}
+		if m.c.CompareAndSwap(key, held, next, left) {
 			break
 		}
 	}
@@ -244,4 +249,54 @@ func (m *MemoryCache) endWriteAnnounced(ctx context.Context, key string, marker 
 	clearErr := m.clearWrite(ctx, key, marker, prefix, related)
 	_, ms, annErr := m.busAnnounce(ctx, msg)
 	return clearErr, ms, annErr
+}
+
+// handoffKey is where a refused fill under lease waits for the lease's
+// waiters: in the library's namespace, which no entity key reaches.
+func handoffKey(lease []byte) string { return "cacheaside:handoff:" + string(lease) }
+
+// fillLease fills key under lease, or hands val to lease's waiters (see
+// leaseHandoff).
+func (m *MemoryCache) fillLease(ctx context.Context, key string, lease, val []byte, ttl, hold time.Duration) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	if m.c.CompareAndSwap(key, lease, val, ttl) {
+		return true, nil
+	}
+	m.c.Set(handoffKey(lease), val, hold)
+	return false, nil
+}
+
+// pollLease looks at key again for a caller that waits for the lease seen
+// (see leaseHandoff).
+func (m *MemoryCache) pollLease(ctx context.Context, key string, seen, mine []byte, ttl time.Duration) (held, handed []byte, err error) {
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
+	for {
+		held, ok := m.c.Get(key)
+		switch {
+		case ok && bytes.Equal(held, seen):
+			return held, nil, nil
+		case ok && !isHeld(held) && !isRefused(held):
+			return held, nil, nil
+		}
+		if h, ok := m.c.Get(handoffKey(seen)); ok {
+			return nil, h, nil
+		}
+		switch {
+		case ok && isRefused(held) && !bytes.Equal(held, refusedOf(seen)):
+			// Another lease's refused form: take the key over.
+			if m.c.CompareAndSwap(key, held, mine, ttl) {
+				return nil, nil, nil
+			}
+			continue
+		case ok:
+			return held, nil, nil // seen refused, another lease, or an intent
+		}
+		if held, placed := m.c.SetNX(key, mine, ttl, markerPrefix); placed || held != nil {
+			return held, nil, nil
+		}
+	}
 }

@@ -59,6 +59,10 @@ type ServiceMetrics struct {
 	// LeaseWaitTimeouts counts loads that waited WithLeaseWait for another
 	// caller's lease and then read the source themselves.
 	LeaseWaitTimeouts int64
+	// LeaseHandoffs counts waits that ended with the value of the lease
+	// they waited for although its fill was refused: the holder hands what
+	// it read to the waiters that saw its lease.
+	LeaseHandoffs int64
 	// Rejoins counts reads that joined a shared load too late to be sure
 	// its result included every earlier write, and looked again.
 	Rejoins int64
@@ -148,7 +152,7 @@ type counters struct {
 	cacheErrs, writeErrs, invalErrs atomic.Int64
 	dbErrs, decodeErrs, staleFills  atomic.Int64
 	leaseWaits, leaseTimeouts       atomic.Int64
-	rejoins                         atomic.Int64
+	rejoins, handoffs               atomic.Int64
 	cacheTimeouts, cacheRejected    atomic.Int64
 	cacheBreakerOpens               atomic.Int64
 	repoBreakerOpens, repoRejected  atomic.Int64
@@ -200,6 +204,7 @@ func (c *counters) snapshot(size int64) ServiceMetrics {
 		LeaseWaits:              c.leaseWaits.Load(),
 		LeaseWaitTimeouts:       c.leaseTimeouts.Load(),
 		Rejoins:                 c.rejoins.Load(),
+		LeaseHandoffs:           c.handoffs.Load(),
 		CacheTimeouts:           c.cacheTimeouts.Load(),
 		CacheCallsRejected:      c.cacheRejected.Load(),
 		CacheBreakerOpens:       c.cacheBreakerOpens.Load(),

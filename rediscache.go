@@ -192,7 +192,7 @@ func (r *RedisCache) clearWrite(ctx context.Context, key string, marker []byte, 
 	if err := r.ready(); err != nil {
 		return err
 	}
-	if err := r.c.ClearWrite(ctx, key, marker, prefix, related); err != nil {
+	if err := r.c.ClearWrite(ctx, key, marker, markers(prefix), related); err != nil {
 		return wrapErr("redis end of write "+key, err)
 	}
 	return nil
@@ -311,7 +311,7 @@ func (r *RedisCache) endWriteAnnounced(ctx context.Context, key string, marker [
 	if err := r.ready(); err != nil {
 		return err, nil, err
 	}
-	clearErr, _, ms, annErr := r.c.EndWrite(ctx, key, marker, prefix, related, msg)
+	clearErr, _, ms, annErr := r.c.EndWrite(ctx, key, marker, markers(prefix), related, msg)
 	return clearErr, busMembers(ms), annErr
 }
 
@@ -321,4 +321,36 @@ func busMembers(ms []rediscache.Member) []busMember {
 		out[i] = busMember{id: m.ID, expires: m.Expires}
 	}
 	return out
+}
+
+// fillLease fills key under lease, or hands val to lease's waiters (see
+// leaseHandoff).
+func (r *RedisCache) fillLease(ctx context.Context, key string, lease, val []byte, ttl, hold time.Duration) (bool, error) {
+	if err := r.ready(); err != nil {
+		return false, err
+	}
+	ok, err := r.c.FillLease(ctx, key, lease, val, ttl, hold)
+	if err != nil {
+		return false, wrapErr("redis lease fill "+key, err)
+	}
+	return ok, nil
+}
+
+// pollLease looks at key again for a caller that waits for the lease seen
+// (see leaseHandoff).
+func (r *RedisCache) pollLease(ctx context.Context, key string, seen, mine []byte, ttl time.Duration) (held, handed []byte, err error) {
+	if err := r.ready(); err != nil {
+		return nil, nil, err
+	}
+	held, handed, err = r.c.PollLease(ctx, key, seen, mine, ttl, markerPrefix, markers(writingPrefix))
+	if err != nil {
+		return nil, nil, wrapErr("redis lease poll "+key, err)
+	}
+	return held, handed, nil
+}
+
+// markers names the root package's markers for the adapter, with intent
+// the prefix of write intents.
+func markers(intent string) rediscache.Markers {
+	return rediscache.Markers{Intent: intent, Lease: leasePrefix, Refused: refusedPrefix}
 }

@@ -29,6 +29,11 @@ import (
 //     by itself after the load timeout anyway: an empty key, never the old
 //     value.
 //
+// A writer without a local tier leaves steps 1's marker out while the bus
+// counts no members (see bus.quiet and doc.go): step 3 then deletes the
+// old value, and the write costs one round trip to the cache instead of
+// two.
+//
 // If the intent cannot be placed (the cache is down), the write goes on:
 // the cache then holds the old value until step 3's delete lands, and until
 // then this process reads the key from the source (see invalidation.go).
@@ -38,9 +43,9 @@ const writingPrefix = markerPrefix + `writing:`
 
 func isWriting(b []byte) bool { return bytes.HasPrefix(b, []byte(writingPrefix)) }
 
-// isHeld reports whether b is a lease or a write intent: a key that some
-// caller is working on, which holds no value to read.
-func isHeld(b []byte) bool { return isLease(b) || isWriting(b) }
+// isHeld reports whether b is a lease, a refused lease or a write intent:
+// a key that some caller is working on, which holds no value to read.
+func isHeld(b []byte) bool { return isLease(b) || isWriting(b) || isRefused(b) }
 
 func newWriteMarker() []byte {
 	b := make([]byte, 0, len(writingPrefix)+33)
@@ -59,6 +64,7 @@ const intentAttempts = 2
 type writeOp struct {
 	id     string
 	marker []byte
+	bare   bool // no intent, by choice: the fleet has no local tiers (see beginWrite)
 }
 
 // writeAnnouncer is what the adapters of this package offer to begin and
@@ -79,6 +85,12 @@ func (a *Aside[K, V]) beginWrite(ctx context.Context, key string) writeOp {
 		a.tier.invalidate(key, msgPrepare)
 	}
 	wa, ok := a.g.c.(writeAnnouncer)
+	if ok && a.tier == nil && a.g.leaser != nil && a.g.clearer != nil && a.bus != nil && a.bus.quiet(mono()) {
+		// The marker is there for the members' sake: in a fleet that has
+		// none, a write costs one round trip, after the source changed.
+		w.bare = true
+		return w
+	}
 	if !ok || a.g.leaser == nil || a.bus == nil || !a.bus.strict {
 		w.marker = a.placeIntent(ctx, key)
 		if a.bus != nil && a.bus.strict {
@@ -89,6 +101,7 @@ func (a *Aside[K, V]) beginWrite(ctx context.Context, key string) writeOp {
 	marker := newWriteMarker()
 	msg := busMsg{kind: msgPrepare, id: w.id, key: key}.encode()
 	var res announced
+	sent := mono()
 	markErr := a.g.do(context.WithoutCancel(ctx), a.g.shard(key), func(ctx context.Context) error {
 		markErr, members, annErr := wa.beginWriteAnnounced(ctx, key, marker, a.o.loadTimeout, msg)
 		res.set(members, annErr)
@@ -100,7 +113,7 @@ func (a *Aside[K, V]) beginWrite(ctx context.Context, key string) writeOp {
 	} else {
 		w.marker = a.placeIntent(ctx, key) // one more try
 	}
-	a.bus.settle(ctx, w.id, members, annErr)
+	a.bus.settle(ctx, w.id, sent, members, annErr)
 	return w
 }
 
@@ -156,7 +169,7 @@ func (a *Aside[K, V]) placeIntent(ctx context.Context, key string) []byte {
 // key's delete has landed, and tells the members, waiting for them with a
 // strict bus. w is what beginWrite returned.
 func (a *Aside[K, V]) endWrite(ctx context.Context, key string, w writeOp, related []string, seqs []int64) error {
-	if w.marker == nil || a.g.clearer == nil {
+	if (w.marker == nil && !w.bare) || a.g.clearer == nil {
 		return a.invalidateAs(ctx, w.id, key, related, seqs)
 	}
 	a.gens.bump(key)
@@ -175,6 +188,7 @@ func (a *Aside[K, V]) endWrite(ctx context.Context, key string, w writeOp, relat
 	msg := busMsg{kind: msgDone, id: w.id, key: key}.encode()
 	var res announced
 	cctx := context.WithoutCancel(ctx)
+	sent := mono()
 	clearErr := a.g.do(cctx, a.g.shard(key), func(ctx context.Context) error {
 		clearErr, members, annErr := wa.endWriteAnnounced(ctx, key, w.marker, writingPrefix, inline, msg)
 		res.set(members, annErr)
@@ -196,7 +210,7 @@ func (a *Aside[K, V]) endWrite(ctx context.Context, key string, w writeOp, relat
 		a.tier.invalidate(key, msgDone)
 	}
 	members, annErr := res.get(clearErr)
-	a.bus.settle(ctx, w.id, members, annErr)
+	a.bus.settle(ctx, w.id, sent, members, annErr)
 	return err
 }
 

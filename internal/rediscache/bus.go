@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -126,8 +127,16 @@ func (c *Cache) Ack(ctx context.Context, write, member string) error {
 
 // AwaitAck waits up to wait for the next acknowledgement of write and
 // returns the member that sent it, or "" when none came.
+//
+// The timeout goes to the server in fractional seconds (Redis 6 and
+// later), which go-redis's BLPop would round up to a whole second.
 func (c *Cache) AwaitAck(ctx context.Context, write string, wait time.Duration) (string, error) {
-	res, err := c.c.BLPop(ctx, max(wait, time.Millisecond), c.ackKey(write)).Result()
+	secs := strconv.FormatFloat(max(wait, time.Millisecond).Seconds(), 'f', 3, 64)
+	res, err := c.c.Do(ctx, "BLPOP", c.ackKey(write), secs).StringSlice()
+	if err != nil && !errors.Is(err, redis.Nil) && strings.Contains(err.Error(), "timeout is not") {
+		// Redis 5 and older: whole seconds only.
+		res, err = c.c.BLPop(ctx, max(wait, time.Second), c.ackKey(write)).Result()
+	}
 	if errors.Is(err, redis.Nil) {
 		return "", nil
 	}
@@ -169,7 +178,7 @@ func (c *Cache) BeginWrite(ctx context.Context, key string, marker []byte, ttl t
 // EndWrite ends a write to key (see ClearWrite) and announces msg, in one
 // round trip. On a cluster the related keys are deleted by commands of
 // their own in the same pipeline.
-func (c *Cache) EndWrite(ctx context.Context, key string, mine []byte, prefix string, related []string, msg []byte) (clearErr error, now time.Time, members []Member, annErr error) {
+func (c *Cache) EndWrite(ctx context.Context, key string, mine []byte, m Markers, related []string, msg []byte) (clearErr error, now time.Time, members []Member, annErr error) {
 	keys := []string{c.prefix + key}
 	if !c.cluster {
 		for _, k := range related {
@@ -179,7 +188,7 @@ func (c *Cache) EndWrite(ctx context.Context, key string, mine []byte, prefix st
 	var clear []redis.Cmder
 	var ann *redis.Cmd
 	_, _ = c.c.Pipelined(ctx, func(p redis.Pipeliner) error {
-		clear = append(clear, clearWrite.Eval(ctx, p, keys, mine, prefix))
+		clear = append(clear, clearWrite.Eval(ctx, p, keys, mine, m.Intent, m.Lease, m.Refused))
 		if c.cluster {
 			for _, k := range related {
 				clear = append(clear, p.Del(ctx, c.prefix+k))

@@ -131,11 +131,20 @@ func ms(ttl time.Duration) int64 {
 // clearWrite deletes KEYS[1] unless it holds a value other than ARGV[1]
 // that starts with ARGV[2] (another writer's intent), and deletes every
 // other key it is given. A key of another type than a string is deleted.
+//
+// A lease (a value that starts with ARGV[3]) with an expiry is not deleted
+// but refused: replaced, for the rest of its time, by ARGV[4] followed by
+// the lease's token, which tells its waiters that its holder will hand its
+// value over rather than fill (see pollLease).
 var clearWrite = redis.NewScript(`
 local t = redis.call('TYPE', KEYS[1])['ok']
 if t == 'string' then
   local v = redis.call('GET', KEYS[1])
-  if v == ARGV[1] or string.sub(v, 1, string.len(ARGV[2])) ~= ARGV[2] then
+  local pttl = -1
+  if string.sub(v, 1, string.len(ARGV[3])) == ARGV[3] then pttl = redis.call('PTTL', KEYS[1]) end
+  if pttl > 0 then
+    redis.call('SET', KEYS[1], ARGV[4] .. string.sub(v, string.len(ARGV[3]) + 1), 'PX', pttl)
+  elseif v == ARGV[1] or string.sub(v, 1, string.len(ARGV[2])) ~= ARGV[2] then
     redis.call('DEL', KEYS[1])
   end
 elseif t ~= 'none' then
@@ -144,17 +153,134 @@ end
 for i = 2, #KEYS do redis.call('DEL', KEYS[i]) end
 return 1`)
 
-// ClearWrite ends a write to key: it deletes key unless it holds a value
-// other than mine that starts with prefix, and deletes related, in one
-// script run. On a cluster, related must be in key's slot.
-func (c *Cache) ClearWrite(ctx context.Context, key string, mine []byte, prefix string, related []string) error {
+// Markers are the prefixes of what the root package stores besides
+// values: write intents, leases, and refused leases.
+type Markers struct {
+	Intent, Lease, Refused string
+}
+
+// ClearWrite ends a write to key: it deletes key unless it holds a write
+// intent other than mine, refuses a lease it holds (see clearWrite), and
+// deletes related, in one script run. On a cluster, related must be in
+// key's slot.
+func (c *Cache) ClearWrite(ctx context.Context, key string, mine []byte, m Markers, related []string) error {
 	keys := make([]string, 0, 1+len(related))
 	keys = append(keys, c.prefix+key)
 	for _, k := range related {
 		keys = append(keys, c.prefix+k)
 	}
-	return clearWrite.Run(ctx, c.c, keys, mine, prefix).Err()
+	return clearWrite.Run(ctx, c.c, keys, mine, m.Intent, m.Lease, m.Refused).Err()
 }
 
 // Cluster reports whether the cache talks to a Redis Cluster.
 func (c *Cache) Cluster() bool { return c.cluster }
+
+// fillLease replaces KEYS[1]'s value with ARGV[2] for ARGV[3] milliseconds
+// if it still holds the lease ARGV[1], and returns 1. Otherwise (a write
+// deleted or replaced the lease) it leaves ARGV[2] under KEYS[2], the
+// lease's handoff key, for ARGV[4] milliseconds, for the lease's waiters,
+// and returns 0.
+var fillLease = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
+return 0`)
+
+// pollLease is what a caller that waits for the lease ARGV[1] does next:
+// it returns {0, v} when KEYS[1] still holds ARGV[1], or holds a value
+// (anything but a lease, a write intent or a refused lease: ARGV[4],
+// ARGV[5], ARGV[6]); {1, h} when the lease's handoff key KEYS[2] holds h,
+// the value of a fill that was refused; {0, v} when KEYS[1] holds the
+// refused form of ARGV[1] (its holder has yet to hand over), another lease
+// or an intent; and otherwise places the lease ARGV[2] for ARGV[3]
+// milliseconds and returns {2}. Like setNX, a lease or intent without an
+// expiry, and a key of another type, count as empty, and so does another
+// lease's refused form.
+var pollLease = redis.NewScript(`
+local t = redis.call('TYPE', KEYS[1])['ok']
+local v = false
+if t == 'string' then
+  v = redis.call('GET', KEYS[1])
+  if v == ARGV[1] then return {0, v} end
+  local refused = string.sub(v, 1, string.len(ARGV[6])) == ARGV[6]
+  local held = refused or string.sub(v, 1, string.len(ARGV[4])) == ARGV[4] or string.sub(v, 1, string.len(ARGV[5])) == ARGV[5]
+  if not held then return {0, v} end
+  if redis.call('PTTL', KEYS[1]) < 0 then v = false end
+  if v and refused and v ~= ARGV[6] .. string.sub(ARGV[1], string.len(ARGV[4]) + 1) then v = false end
+end
+local h = redis.call('GET', KEYS[2])
+if h then return {1, h} end
+if v then return {0, v} end
+if t ~= 'string' and t ~= 'none' then redis.call('DEL', KEYS[1]) end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return {2}`)
+
+// HandoffKey returns the key under which a refused fill of key under lease
+// is left for the lease's waiters: in the library's namespace, in key's
+// cluster slot, and ok is false if no such key can be named (key's hash
+// tag is malformed).
+func (c *Cache) HandoffKey(key string, lease []byte) (string, bool) {
+	full := c.prefix + key
+	tag := full
+	if i := strings.IndexByte(full, '{'); i >= 0 {
+		if j := strings.IndexByte(full[i+1:], '}'); j > 0 {
+			tag = full[i+1 : i+1+j]
+		}
+	}
+	if strings.ContainsAny(tag, "{}") {
+		return "", false
+	}
+	// With a tag in c.prefix, the prefix's tag decides the slot of both.
+	token := strings.TrimSuffix(string(lease), `"`)
+	token = token[strings.LastIndexByte(token, ':')+1:]
+	return c.prefix + "cacheaside:handoff:{" + tag + "}:" + token, true
+}
+
+// FillLease swaps key from lease to b for ttl, or, if key no longer holds
+// lease, leaves b under lease's handoff key for hold; it reports whether
+// the swap happened. One round trip.
+func (c *Cache) FillLease(ctx context.Context, key string, lease, b []byte, ttl, hold time.Duration) (bool, error) {
+	hk, ok := c.HandoffKey(key, lease)
+	if !ok {
+		return c.CompareAndSwap(ctx, key, lease, b, ttl)
+	}
+	n, err := fillLease.Run(ctx, c.c, []string{c.prefix + key, hk}, lease, b, ms(ttl), ms(hold)).Int()
+	return n == 1, err
+}
+
+// PollLease is the next look at key of a caller that waits for the lease
+// seen (see pollLease): it returns what key holds, or the value handed
+// over by seen's refused fill, or, for an empty key, nil for both once it
+// placed mine for ttl. One round trip.
+//
+// markerPrefix starts every lease and intent (see SetNX), m names the
+// kinds.
+func (c *Cache) PollLease(ctx context.Context, key string, seen, mine []byte, ttl time.Duration, markerPrefix string, m Markers) (held, handed []byte, err error) {
+	hk, ok := c.HandoffKey(key, seen)
+	if !ok {
+		held, _, err = c.SetNX(ctx, key, mine, ttl, markerPrefix)
+		return held, nil, err
+	}
+	res, err := pollLease.Run(ctx, c.c, []string{c.prefix + key, hk}, seen, mine, ms(ttl), m.Lease, m.Intent, m.Refused).Slice()
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(res) == 0 {
+		return nil, nil, errors.New("unexpected reply to the lease poll")
+	}
+	kind, _ := res[0].(int64)
+	var b []byte
+	if len(res) > 1 {
+		s, _ := res[1].(string)
+		b = []byte(s)
+	}
+	switch kind {
+	case 0:
+		return b, nil, nil
+	case 1:
+		return nil, b, nil
+	}
+	return nil, nil, nil
+}
