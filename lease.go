@@ -157,7 +157,7 @@ func (a *Aside[K, V]) leaseLoad(ctx context.Context, id K, f fill, r *result[V])
 	deadline := time.Now().Add(a.o.leaseWait)
 	backoff := leaseBackoffMin
 	waited := false
-	var seen []byte      // the foreign lease the backoff has grown on
+	var seen []byte     // the foreign lease the backoff has grown on
 	var sawAt time.Time // when the last look that found seen itself was sent
 	pinned := false     // seen was refused: its holder will hand its value over
 	for {
