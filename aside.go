@@ -3,6 +3,7 @@ package cacheaside
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -39,8 +40,9 @@ type Aside[K comparable, V any] struct {
 	idOf     func(*V) K                                       // nil: values do not say their ID
 	landed   func(seqs []int64)                               // told when outbox records' keys are deleted
 
-	o   options
-	log *slog.Logger
+	o         options
+	log       *slog.Logger
+	recording bool // o.recorder is not the no-op one
 
 	bus  *bus     // nil unless the cache carries the invalidation bus
 	tier *tier[V] // nil without WithLocalCache
@@ -81,12 +83,13 @@ func newAside[K comparable, V any](cache CacheClient, key func(K) string, load L
 		cache = noCache{}
 	}
 	a := &Aside[K, V]{
-		key:      key,
-		load:     load,
-		notFound: notFound,
-		o:        o,
-		log:      o.logger,
-		now:      time.Now,
+		key:       key,
+		load:      load,
+		notFound:  notFound,
+		o:         o,
+		log:       o.logger,
+		recording: o.recorder != nil,
+		now:       time.Now,
 	}
 	a.g = newGuard(cache, o, &a.m)
 	a.rb = newRepoBreaker(o, &a.m)
@@ -154,24 +157,41 @@ func (a *Aside[K, V]) Get(ctx context.Context, id K) (*V, error) {
 		return nil, err
 	}
 	if a.tier != nil {
-		// A local hit is not timed: reading the clock twice more would
-		// double its cost. The response-time figures cover the other reads.
+		// A local hit is not timed, unless a Recorder wants it: reading the
+		// clock twice more would double its cost. The response-time figures
+		// cover the other reads.
+		var start time.Time
+		if a.recording {
+			start = time.Now()
+		}
 		if v, ok := a.localGet(id); ok {
 			a.m.localHits.Add(1) // a request and a hit too (see snapshot)
-			if a.shallow {
-				return &v, nil
+			out := &v
+			if !a.shallow {
+				out = a.copyOut(&v)
 			}
-			return a.copyOut(&v), nil
+			if a.recording {
+				a.o.recorder.RecordRead(ctx, ResultLocalHit, time.Since(start))
+			}
+			return out, nil
 		}
 	}
 	key := a.key(id)
 	start := time.Now()
-	v, err := a.get(ctx, id, key)
-	a.m.observe(time.Since(start))
+	v, res, err := a.get(ctx, id, key)
+	d := time.Since(start)
+	a.m.observe(d)
+	if a.recording {
+		if err != nil && !errors.Is(err, a.notFound) {
+			res = ResultError
+		}
+		a.o.recorder.RecordRead(ctx, res, d)
+	}
 	return v, err
 }
 
-func (a *Aside[K, V]) get(ctx context.Context, id K, key string) (*V, error) {
+// get reads id, and reports how: ResultHit, ResultMiss or ResultShared.
+func (a *Aside[K, V]) get(ctx context.Context, id K, key string) (*V, Result, error) {
 	a.m.requests.Add(1)
 	var tk tierTicket
 	if a.tier != nil {
@@ -186,16 +206,16 @@ func (a *Aside[K, V]) get(ctx context.Context, id K, key string) (*V, error) {
 	f, err := a.lookup(ctx, id, key)
 	if err != nil {
 		a.m.misses.Add(1)
-		return nil, err
+		return nil, ResultMiss, err
 	}
 	switch f.st {
 	case stHit:
 		a.m.hits.Add(1)
 		a.toTier(key, f.v, f.exp, tk)
-		return f.v, nil
+		return f.v, ResultHit, nil
 	case stAbsent:
 		a.m.hits.Add(1)
-		return nil, a.notFound
+		return nil, ResultHit, a.notFound
 	case stStale:
 		return a.loadShared(ctx, id, key, true, stale[V]{v: f.v, raw: f.raw, at: at})
 	}

@@ -31,6 +31,7 @@ func (a *Aside[K, V]) GetMany(ctx context.Context, ids []K) ([]*V, error) {
 	if len(ids) == 0 {
 		return out, nil
 	}
+	start := time.Now()
 	uniq, pos := dedupe(ids)
 	b := &batch[K, V]{
 		ids:    uniq,
@@ -58,6 +59,19 @@ func (a *Aside[K, V]) GetMany(ctx context.Context, ids []K) ([]*V, error) {
 	}
 
 	missing := a.lookupMany(ctx, b)
+	if a.recording {
+		b.results = make([]Result, len(uniq))
+		for i := range b.results {
+			b.results[i] = ResultHit
+			if b.states[i] == stLocal {
+				b.results[i] = ResultLocalHit
+			}
+		}
+		for _, j := range missing {
+			b.results[j] = ResultMiss
+		}
+		defer a.recordBatch(ctx, b, start)
+	}
 	if err := ctx.Err(); err != nil {
 		a.m.misses.Add(int64(len(missing)))
 		return out, err
@@ -97,6 +111,16 @@ type batch[K comparable, V any] struct {
 	// failed batch read is one cause for all of its IDs).
 	failed int
 	causes []error
+	// results says how each ID was read, for a Recorder; nil without one.
+	results []Result
+}
+
+// recordBatch tells the Recorder how each ID of b was read.
+func (a *Aside[K, V]) recordBatch(ctx context.Context, b *batch[K, V], start time.Time) {
+	d := time.Since(start)
+	for _, res := range b.results {
+		a.o.recorder.RecordRead(ctx, res, d)
+	}
 }
 
 // dedupe returns the distinct ids in order of first appearance, and for
@@ -201,9 +225,12 @@ func (a *Aside[K, V]) loadEach(ctx context.Context, b *batch[K, V], missing []in
 	g.SetLimit(a.o.batchConc)
 	for _, j := range missing {
 		g.Go(func() error {
-			v, err := a.loadShared(ctx, b.ids[j], b.keys[j], b.states[j] != stFailed, b.stale[j])
+			v, res, err := a.loadShared(ctx, b.ids[j], b.keys[j], b.states[j] != stFailed, b.stale[j])
 			if err != nil && !errors.Is(err, a.notFound) {
-				errs[j] = err
+				errs[j], res = err, ResultError
+			}
+			if b.results != nil {
+				b.results[j] = res
 			}
 			b.vals[j] = v
 			return nil
@@ -283,6 +310,9 @@ func (a *Aside[K, V]) failBatch(ctx context.Context, b *batch[K, V], missing []i
 			b.vals[j] = &r.val
 		} else {
 			failed++
+			if b.results != nil {
+				b.results[j] = ResultError
+			}
 		}
 		a.release(ctx, fills[n])
 	}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
+	"time"
 )
 
 // UserService serves users from a cache in front of a UserRepository with
@@ -153,16 +155,26 @@ func (s *UserService) DeleteUser(ctx context.Context, userID int) error {
 // and retried by the engine, and not returned: the write's data is already
 // durable. With an Outbox, the records the write made are cleared once its
 // delete has landed.
-func (s *UserService) write(ctx context.Context, op string, id func() int, do func(ctx context.Context, db UserRepository) error) error {
+func (s *UserService) write(ctx context.Context, op string, id func() int, do func(ctx context.Context, db UserRepository) error) (err error) {
 	if s.db == nil {
 		return fmt.Errorf("%w: nil UserRepository", ErrNotConfigured)
 	}
 	s.maybeDrain()
+	if s.users.recording {
+		start := time.Now()
+		defer func() {
+			res := ResultOK
+			if err != nil {
+				res = ResultError
+			}
+			s.users.o.recorder.RecordWrite(ctx, strings.Fields(op)[0], res, time.Since(start))
+		}()
+	}
 	wctx := ctx
-	var rec *recorder
+	var rec *seqRecorder
 	if s.outbox != nil {
-		rec = new(recorder)
-		wctx = context.WithValue(ctx, recorderKey{}, rec)
+		rec = new(seqRecorder)
+		wctx = context.WithValue(ctx, seqRecorderKey{}, rec)
 	}
 	key := ""
 	w := writeOp{id: randomID()}
@@ -170,7 +182,7 @@ func (s *UserService) write(ctx context.Context, op string, id func() int, do fu
 		key = userCacheKey(before)
 		w = s.users.beginWrite(ctx, key)
 	}
-	err := do(wctx, s.db)
+	err = do(wctx, s.db)
 	var seqs []int64
 	if rec != nil {
 		seqs = rec.take()

@@ -46,6 +46,7 @@ func (a *Aside[K, V]) loadInto(ctx context.Context, id K, f fill, r *result[V]) 
 		}
 	}()
 	r.fresh = time.Now()
+	r.loaded = true
 	v, err := a.loadOne(ctx, id)
 	returned = true
 	switch {

@@ -80,6 +80,8 @@ type options struct {
 	relaxed    bool          // writers do not wait for members' acknowledgements
 	localLease time.Duration // a member's lease on the bus
 	joinGrace  time.Duration // how long a member that (re)joins the bus fills nothing; 0: the load timeout
+
+	recorder Recorder // nil: none
 }
 
 // breakerOptions configure a circuit breaker.
@@ -206,6 +208,17 @@ func WithLeaseWait(d time.Duration) Option {
 		badOption("WithLeaseWait", d, "the wait must be zero or positive")
 	}
 	return func(o *options) { o.leaseWait = d }
+}
+
+// WithRecorder sends every read, load and write, with its result and
+// duration, to r (see Recorder), in addition to the counters of
+// GetMetrics. With r, local hits are timed too (two clock reads each). It
+// panics if r is nil.
+func WithRecorder(r Recorder) Option {
+	if r == nil {
+		badOption("WithRecorder", r, "the recorder must not be nil")
+	}
+	return func(o *options) { o.recorder = r }
 }
 
 // WithLogger sends the service's logs (cache failures, fills that failed,

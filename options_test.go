@@ -67,6 +67,7 @@ func TestOptions_BadValuesPanic(t *testing.T) {
 		{"WithLeaseTTL", func() { WithLeaseTTL(time.Microsecond) }},
 		{"WithLeaseWait", func() { WithLeaseWait(-time.Millisecond) }},
 		{"WithLogger", func() { WithLogger(nil) }},
+		{"WithRecorder", func() { WithRecorder(nil) }},
 		{"WithClock", func() { WithClock(nil) }},
 	}
 	for _, tt := range tests {

@@ -49,22 +49,22 @@ type Locker interface {
 // the write recorded its Invalidation under seq. An Outbox calls it after
 // the write's transaction commits; under any other context it does nothing.
 func RecordInvalidation(ctx context.Context, seq int64) {
-	if r, ok := ctx.Value(recorderKey{}).(*recorder); ok {
+	if r, ok := ctx.Value(seqRecorderKey{}).(*seqRecorder); ok {
 		r.mu.Lock()
 		r.seqs = append(r.seqs, seq)
 		r.mu.Unlock()
 	}
 }
 
-type recorderKey struct{}
+type seqRecorderKey struct{}
 
-// recorder collects the sequence numbers one write recorded.
-type recorder struct {
+// seqRecorder collects the sequence numbers one write recorded.
+type seqRecorder struct {
 	mu   sync.Mutex // protects seqs
 	seqs []int64
 }
 
-func (r *recorder) take() []int64 {
+func (r *seqRecorder) take() []int64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.seqs

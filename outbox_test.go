@@ -105,8 +105,8 @@ func TestOutbox_RecordOutlivesAFailedDelete(t *testing.T) {
 // TestOutbox_RecordInvalidationOutsideAWrite does nothing.
 func TestOutbox_RecordInvalidationOutsideAWrite(t *testing.T) {
 	require.NotPanics(t, func() { RecordInvalidation(context.Background(), 7) })
-	r := new(recorder)
-	ctx := context.WithValue(context.Background(), recorderKey{}, r)
+	r := new(seqRecorder)
+	ctx := context.WithValue(context.Background(), seqRecorderKey{}, r)
 	RecordInvalidation(ctx, 7)
 	RecordInvalidation(ctx, 9)
 	require.Equal(t, []int64{7, 9}, r.take())

@@ -38,6 +38,9 @@ func (a *Aside[K, V]) callRepo(ctx context.Context, read func() error) error {
 	done, err := a.rb.Allow()
 	if err != nil {
 		a.m.repoRejected.Add(1)
+		if a.recording {
+			a.o.recorder.RecordLoad(ctx, ResultRejected, 0)
+		}
 		return fmt.Errorf("%w: circuit breaker open", ErrRepositoryUnavailable)
 	}
 	reported := false
@@ -48,8 +51,19 @@ func (a *Aside[K, V]) callRepo(ctx context.Context, read func() error) error {
 	}()
 	start := time.Now()
 	err = read()
-	a.m.recordLoad(time.Since(start))
+	d := time.Since(start)
+	a.m.recordLoad(d)
 	reported = true
+	if a.recording {
+		res := ResultOK
+		switch {
+		case errors.Is(err, ErrNotFound), errors.Is(err, a.notFound):
+			res = ResultNotFound
+		case err != nil:
+			res = ResultError
+		}
+		a.o.recorder.RecordLoad(ctx, res, d)
+	}
 	switch {
 	case err == nil, errors.Is(err, ErrNotFound), errors.Is(err, a.notFound):
 		done(nil)

@@ -44,6 +44,7 @@ type result[V any] struct {
 	// tier may take.
 	shared bool
 	exp    time.Time
+	loaded bool // the source was read for it
 }
 
 // maxRejoins bounds how many times a caller that joined a flight too late
@@ -54,7 +55,7 @@ const maxRejoins = 2
 // generation and waits for it on ctx. useCache is false when the cache just
 // failed, or must not be read: the load then skips the cache (and, with
 // leases, the fill). old is the stale value the caller found, if any.
-func (a *Aside[K, V]) loadShared(ctx context.Context, id K, key string, useCache bool, old stale[V]) (*V, error) {
+func (a *Aside[K, V]) loadShared(ctx context.Context, id K, key string, useCache bool, old stale[V]) (*V, Result, error) {
 	start := time.Now()
 	for attempt := 0; ; attempt++ {
 		s, gen := a.gens.of(key)
@@ -69,7 +70,7 @@ func (a *Aside[K, V]) loadShared(ctx context.Context, id K, key string, useCache
 		select {
 		case <-ctx.Done():
 			a.m.misses.Add(1)
-			return nil, ctx.Err()
+			return nil, ResultMiss, ctx.Err()
 		case c := <-ch:
 			r = c.Val.(*result[V])
 		}
@@ -84,43 +85,48 @@ func (a *Aside[K, V]) loadShared(ctx context.Context, id K, key string, useCache
 				switch f, err := a.lookup(ctx, id, key); {
 				case err != nil:
 					a.m.misses.Add(1)
-					return nil, err
+					return nil, ResultMiss, err
 				case f.st == stHit:
 					a.m.hits.Add(1)
-					return f.v, nil
+					return f.v, ResultHit, nil
 				case f.st == stAbsent:
 					a.m.hits.Add(1)
-					return nil, a.notFound
+					return nil, ResultHit, a.notFound
 				case f.st == stStale:
 					old = stale[V]{v: f.v, raw: f.raw, at: at}
 				}
 			}
 			continue
 		}
+		res := ResultMiss
 		if leader {
 			a.m.misses.Add(1)
 		} else {
 			a.m.shared.Add(1)
+			res = ResultShared
+		}
+		if leader && !r.loaded {
+			res = ResultShared // another instance's load, through its lease
 		}
 		if r.err != nil {
-			return nil, r.err
+			return nil, res, r.err
 		}
-		return a.copyOut(&r.val), nil
+		return a.copyOut(&r.val), res, nil
 	}
 }
 
 // loadAlone reads the source for one caller, on its own context, and leaves
 // the cache alone.
-func (a *Aside[K, V]) loadAlone(ctx context.Context, id K, key string, old stale[V]) (*V, error) {
+func (a *Aside[K, V]) loadAlone(ctx context.Context, id K, key string, old stale[V]) (*V, Result, error) {
 	a.m.misses.Add(1)
 	r := &result[V]{stale: old}
 	ctx, cancel := context.WithTimeout(ctx, a.o.loadTimeout)
 	defer cancel()
 	a.loadInto(ctx, id, fill{key: key}, r)
 	if r.err != nil {
-		return nil, r.err
+		return nil, ResultMiss, r.err
 	}
-	return &r.val, nil
+	return &r.val, ResultMiss, nil
 }
 
 // lead runs one shared load, on a context detached from the caller's, and

@@ -234,9 +234,17 @@ func (a *Aside[K, V]) tellDone(ctx context.Context, w, key string) {
 // own write: with Invalidate alone, a delete that fails leaves the old
 // value readable by other processes until its retry lands.
 func (a *Aside[K, V]) Write(ctx context.Context, id K, write func(ctx context.Context) error, related ...string) error {
+	start := time.Now()
 	key := a.key(id)
 	w := a.beginWrite(ctx, key)
 	err := write(ctx)
 	_ = a.endWrite(ctx, key, w, related, nil) // counted, logged and retried
+	if a.recording {
+		res := ResultOK
+		if err != nil {
+			res = ResultError
+		}
+		a.o.recorder.RecordWrite(ctx, "write", res, time.Since(start))
+	}
 	return err
 }
