@@ -6,6 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/singleflight"
@@ -47,13 +51,15 @@ type Aside[K comparable, V any] struct {
 	bus  *bus     // nil unless the cache carries the invalidation bus
 	tier *tier[V] // nil without WithLocalCache
 
-	sf     singleflight.Group
-	gens   generations
-	inv    pending
-	bg     background
-	onJoin func(key string) // tests: called once a caller waits on a flight
-	now    func() time.Time // when entries expire; tests move it
-	m      counters
+	sf         singleflight.Group
+	refreshing sync.Map     // keys with an early refresh in flight
+	refreshes  atomic.Int64 // early refreshes in flight
+	gens       generations
+	inv        pending
+	bg         background
+	onJoin     func(key string) // tests: called once a caller waits on a flight
+	now        func() time.Time // when entries expire; tests move it
+	m          counters
 }
 
 // NewAside returns an engine that caches values of type V under
@@ -211,6 +217,7 @@ func (a *Aside[K, V]) get(ctx context.Context, id K, key string) (*V, Result, er
 	switch f.st {
 	case stHit:
 		a.m.hits.Add(1)
+		a.maybeRefresh(ctx, id, key, f)
 		a.toTier(key, f.v, f.exp, tk)
 		return f.v, ResultHit, nil
 	case stAbsent:
@@ -231,6 +238,13 @@ func (a *Aside[K, V]) toTier(key string, v *V, exp time.Time, tk tierTicket) {
 	}
 	if exp.IsZero() {
 		exp = a.now().Add(a.o.ttl)
+	}
+	if a.o.earlyBeta > 0 {
+		// Leave the tier in time to refresh from the shared cache.
+		if m := a.m.loads.Load(); m > 0 {
+			mean := float64(a.m.loadNanos.Load() / m)
+			exp = exp.Add(-time.Duration(mean * a.o.earlyBeta * -math.Log(1-rand.Float64())))
+		}
 	}
 	a.tier.fill(key, *a.copyOut(v), exp, tk)
 }

@@ -162,6 +162,7 @@ func (a *Aside[K, V]) lookupMany(ctx context.Context, b *batch[K, V]) []int {
 			b.stale[i] = stale[V]{v: f.v, raw: f.raw, at: at}
 		case stHit:
 			b.vals[i] = f.v
+			a.maybeRefresh(ctx, b.ids[i], b.keys[i], f)
 			if a.tier != nil {
 				a.toTier(b.keys[i], f.v, f.exp, b.tickets[i])
 			}
@@ -275,6 +276,7 @@ func (a *Aside[K, V]) loadBatch(ctx context.Context, b *batch[K, V], missing []i
 		ids[n] = b.ids[j]
 	}
 	var got []*V
+	began := a.now()
 	err := a.callRepo(ctx, func() (err error) {
 		got, err = a.safeLoadMany(ctx, ids)
 		if err == nil && len(got) != len(ids) {
@@ -286,6 +288,7 @@ func (a *Aside[K, V]) loadBatch(ctx context.Context, b *batch[K, V], missing []i
 		a.failBatch(ctx, b, missing, fills, err)
 		return rest
 	}
+	delta := a.now().Sub(began)
 	for n, j := range missing {
 		v := got[n]
 		if v == nil {
@@ -293,6 +296,7 @@ func (a *Aside[K, V]) loadBatch(ctx context.Context, b *batch[K, V], missing []i
 			continue
 		}
 		b.vals[j] = v
+		fills[n].delta = delta
 		if _, exp, ok := a.storeValue(ctx, fills[n], v); ok && fills[n].mode == fillSwap && a.tier != nil {
 			a.toTier(fills[n].key, v, exp, b.tickets[j])
 		}

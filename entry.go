@@ -10,9 +10,11 @@ import (
 
 // What a key in the cache holds, as the engine reads it:
 //
-//   - an entry: the JSON object {"key":..., "expires":..., "value":...}, the
-//     key it was stored under, when it stops being fresh (Unix
-//     milliseconds), and the value's own JSON encoding;
+//   - an entry: the JSON object {"key":..., "expires":..., "delta":...,
+//     "value":...}, the key it was stored under, when it stops being fresh
+//     (Unix milliseconds), how long the load that read it took
+//     (microseconds; early refresh scales by it, see refresh.go), and the
+//     value's own JSON encoding;
 //   - a plain JSON value, as an earlier version of this package or another
 //     program stored it, read as a value with no expiry of its own;
 //   - a marker for a cached "not found", or a lease (see lease.go): JSON
@@ -30,7 +32,8 @@ var absentMarker = json.RawMessage(`"\u0000cacheaside:absent"`)
 // entry is a value as it is stored.
 type entry[V any] struct {
 	Key     string `json:"key"`
-	Expires int64  `json:"expires"` // Unix milliseconds; 0: none
+	Expires int64  `json:"expires"`         // Unix milliseconds; 0: none
+	Delta   int64  `json:"delta,omitempty"` // the load's duration, in microseconds
 	Value   *V     `json:"value"`
 }
 
@@ -47,9 +50,10 @@ const (
 	stLocal                // answered by the local tier
 )
 
-// encode returns the entry to store for v under key, fresh for ttl from now.
-func (a *Aside[K, V]) encode(key string, v *V, ttl time.Duration) (json.RawMessage, error) {
-	return json.Marshal(entry[V]{Key: key, Expires: a.now().Add(ttl).UnixMilli(), Value: v})
+// encode returns the entry to store for v under key, fresh for ttl from now,
+// read by a load that took delta.
+func (a *Aside[K, V]) encode(key string, v *V, ttl, delta time.Duration) (json.RawMessage, error) {
+	return json.Marshal(entry[V]{Key: key, Expires: a.now().Add(ttl).UnixMilli(), Delta: delta.Microseconds(), Value: v})
 }
 
 // found is what a key held, as a lookup read it.
@@ -58,6 +62,8 @@ type found[V any] struct {
 	v   *V              // with stHit and stStale
 	exp time.Time       // when v stops being fresh; zero: it has no expiry of its own
 	raw json.RawMessage // the entry as it was read
+	// delta is how long the load that read v took (zero: unknown).
+	delta time.Duration
 }
 
 // lookup reads key from the cache. Cache failures are counted and reported
@@ -91,7 +97,7 @@ func (a *Aside[K, V]) lookup(ctx context.Context, id K, key string) (found[V], e
 // progress, or a value past its expiry) or stCorrupt, which is counted and
 // logged when report is set (a second look at the same key does not).
 func (a *Aside[K, V]) decode(ctx context.Context, id K, key string, raw json.RawMessage, report bool) found[V] {
-	v, exp, err := a.parse(id, key, raw)
+	v, exp, delta, err := a.parse(id, key, raw)
 	switch {
 	case errors.Is(err, errAbsent):
 		return found[V]{st: stAbsent, raw: raw}
@@ -103,7 +109,7 @@ func (a *Aside[K, V]) decode(ctx context.Context, id K, key string, raw json.Raw
 		}
 		return found[V]{st: stCorrupt, raw: raw}
 	}
-	f := found[V]{st: stHit, v: v, exp: exp, raw: raw}
+	f := found[V]{st: stHit, v: v, exp: exp, raw: raw, delta: delta}
 	if exp.IsZero() {
 		return f
 	}
@@ -124,21 +130,21 @@ var (
 
 // parse decodes raw as key's entry and checks it: its size, its key, and
 // that its value is the entity id names. A zero expiry means none.
-func (a *Aside[K, V]) parse(id K, key string, raw json.RawMessage) (*V, time.Time, error) {
+func (a *Aside[K, V]) parse(id K, key string, raw json.RawMessage) (*V, time.Time, time.Duration, error) {
 	if len(raw) > a.o.maxValueSize {
-		return nil, time.Time{}, errors.New("larger than WithMaxValueSize")
+		return nil, time.Time{}, 0, errors.New("larger than WithMaxValueSize")
 	}
 	if len(raw) > 0 && raw[0] == '"' {
 		switch {
 		case bytes.Equal(raw, absentMarker):
-			return nil, time.Time{}, errAbsent
+			return nil, time.Time{}, 0, errAbsent
 		case isHeld(raw): // a lease, or a write in progress
-			return nil, time.Time{}, errLease
+			return nil, time.Time{}, 0, errLease
 		}
 	}
 	var e entry[V]
 	if err := json.Unmarshal(raw, &e); err != nil {
-		return nil, time.Time{}, err
+		return nil, time.Time{}, 0, err
 	}
 	var exp time.Time
 	switch {
@@ -147,20 +153,20 @@ func (a *Aside[K, V]) parse(id K, key string, raw json.RawMessage) (*V, time.Tim
 			exp = time.UnixMilli(e.Expires)
 		}
 	case e.Value != nil || e.Key != "":
-		return nil, time.Time{}, errors.New("an entry of another key")
+		return nil, time.Time{}, 0, errors.New("an entry of another key")
 	default: // a plain value
 		e.Value = new(V)
 		if err := json.Unmarshal(raw, e.Value); err != nil {
-			return nil, time.Time{}, err
+			return nil, time.Time{}, 0, err
 		}
 		if bytes.Equal(bytes.TrimSpace(raw), []byte("null")) {
-			return nil, time.Time{}, errors.New("null")
+			return nil, time.Time{}, 0, errors.New("null")
 		}
 	}
 	if a.idOf != nil && a.idOf(e.Value) != id {
-		return nil, time.Time{}, errors.New("the value of another ID")
+		return nil, time.Time{}, 0, errors.New("the value of another ID")
 	}
-	return e.Value, exp, nil
+	return e.Value, exp, time.Duration(max(e.Delta, 0)) * time.Microsecond, nil
 }
 
 // corrupt counts and logs an entry that is not a usable value of its key.

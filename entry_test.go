@@ -118,7 +118,7 @@ func FuzzEntryParse(f *testing.F) {
 	}
 	a := NewUserService(nil, nil).users
 	f.Fuzz(func(t *testing.T, raw []byte) {
-		v, _, err := a.parse(11, "user:11", raw)
+		v, _, _, err := a.parse(11, "user:11", raw)
 		if err == nil && v != nil && v.ID != 11 {
 			t.Fatalf("parse(%q) accepted user %d for key user:11", raw, v.ID)
 		}

@@ -33,6 +33,9 @@ type fill struct {
 	// restore is the stale entry the load's lease replaced: a load that
 	// fails puts it back, so that fail-safe can still serve it.
 	restore json.RawMessage
+	// delta is how long the read of the source took, on the engine's
+	// clock (see WithEarlyRefresh).
+	delta time.Duration
 }
 
 // loadInto reads id from the source into r and stores the result as f
@@ -47,7 +50,9 @@ func (a *Aside[K, V]) loadInto(ctx context.Context, id K, f fill, r *result[V]) 
 	}()
 	r.fresh = time.Now()
 	r.loaded = true
+	began := a.now()
 	v, err := a.loadOne(ctx, id)
+	f.delta = a.now().Sub(began)
 	returned = true
 	switch {
 	case err == nil && v != nil:
@@ -77,7 +82,7 @@ func (a *Aside[K, V]) loadInto(ctx context.Context, id K, f fill, r *result[V]) 
 func (a *Aside[K, V]) storeValue(ctx context.Context, f fill, v *V) (at, exp time.Time, ok bool) {
 	ttl := a.jitter(a.o.ttl)
 	exp = a.now().Add(ttl)
-	raw, err := a.encode(f.key, v, ttl)
+	raw, err := a.encode(f.key, v, ttl, f.delta)
 	if err == nil && len(raw) > a.o.maxValueSize {
 		err = errors.New("the entry is larger than WithMaxValueSize")
 	}

@@ -300,3 +300,18 @@ func (m *MemoryCache) pollLease(ctx context.Context, key string, seen, mine []by
 		}
 	}
 }
+
+// claimRefresh claims key's early refresh (see refreshClaimer).
+func (m *MemoryCache) claimRefresh(ctx context.Context, key string, token []byte, ttl time.Duration) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	_, placed := m.c.SetNX("cacheaside:refresh:"+key, token, ttl, markerPrefix)
+	return placed, nil
+}
+
+// dropRefresh drops a claim of claimRefresh.
+func (m *MemoryCache) dropRefresh(ctx context.Context, key string, token []byte) error {
+	m.c.CompareAndSwap("cacheaside:refresh:"+key, token, nil, 0)
+	return nil
+}

@@ -63,6 +63,9 @@ type ServiceMetrics struct {
 	// they waited for although its fill was refused: the holder hands what
 	// it read to the waiters that saw its lease.
 	LeaseHandoffs int64
+	// EarlyRefreshes counts entries replaced by an early refresh before
+	// they expired (WithEarlyRefresh).
+	EarlyRefreshes int64
 	// Rejoins counts reads that joined a shared load too late to be sure
 	// its result included every earlier write, and looked again.
 	Rejoins int64
@@ -153,6 +156,7 @@ type counters struct {
 	dbErrs, decodeErrs, staleFills  atomic.Int64
 	leaseWaits, leaseTimeouts       atomic.Int64
 	rejoins, handoffs               atomic.Int64
+	earlyRefreshes                  atomic.Int64
 	cacheTimeouts, cacheRejected    atomic.Int64
 	cacheBreakerOpens               atomic.Int64
 	repoBreakerOpens, repoRejected  atomic.Int64
@@ -205,6 +209,7 @@ func (c *counters) snapshot(size int64) ServiceMetrics {
 		LeaseWaitTimeouts:       c.leaseTimeouts.Load(),
 		Rejoins:                 c.rejoins.Load(),
 		LeaseHandoffs:           c.handoffs.Load(),
+		EarlyRefreshes:          c.earlyRefreshes.Load(),
 		CacheTimeouts:           c.cacheTimeouts.Load(),
 		CacheCallsRejected:      c.cacheRejected.Load(),
 		CacheBreakerOpens:       c.cacheBreakerOpens.Load(),

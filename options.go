@@ -3,6 +3,7 @@ package cacheaside
 import (
 	"fmt"
 	"log/slog"
+	"math"
 	"time"
 )
 
@@ -81,7 +82,8 @@ type options struct {
 	localLease time.Duration // a member's lease on the bus
 	joinGrace  time.Duration // how long a member that (re)joins the bus fills nothing; 0: the load timeout
 
-	recorder Recorder // nil: none
+	recorder  Recorder // nil: none
+	earlyBeta float64  // XFetch's beta; 0: no early refresh
 }
 
 // breakerOptions configure a circuit breaker.
@@ -208,6 +210,23 @@ func WithLeaseWait(d time.Duration) Option {
 		badOption("WithLeaseWait", d, "the wait must be zero or positive")
 	}
 	return func(o *options) { o.leaseWait = d }
+}
+
+// WithEarlyRefresh refreshes entries before they expire, by the XFetch
+// rule with the given beta (Vattani et al., VLDB 2015; see refresh.go): a
+// read that finds a fresh entry refreshes it in the background, with a
+// probability that grows as its expiry nears and with how long its load
+// took, once per key per fleet, while the entry keeps being served. A hot
+// key then never makes a reader wait for the source after its first load.
+// beta 1 is the paper's optimum for a single reader; larger values refresh
+// earlier. It needs a cache with compare-and-swap (a Leaser; both built-in
+// caches are), and does nothing over any other. It panics unless beta is
+// positive and finite.
+func WithEarlyRefresh(beta float64) Option {
+	if !(beta > 0) || math.IsInf(beta, 0) {
+		badOption("WithEarlyRefresh", beta, "beta must be positive and finite")
+	}
+	return func(o *options) { o.earlyBeta = beta }
 }
 
 // WithRecorder sends every read, load and write, with its result and

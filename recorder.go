@@ -57,10 +57,3 @@ const (
 	// ResultRejected: a load that the repository's circuit breaker refused.
 	ResultRejected Result = "rejected"
 )
-
-// nopRecorder records nothing: the engine's recorder when none was set.
-type nopRecorder struct{}
-
-func (nopRecorder) RecordRead(context.Context, Result, time.Duration)          {}
-func (nopRecorder) RecordLoad(context.Context, Result, time.Duration)          {}
-func (nopRecorder) RecordWrite(context.Context, string, Result, time.Duration) {}

@@ -354,3 +354,27 @@ func (r *RedisCache) pollLease(ctx context.Context, key string, seen, mine []byt
 func markers(intent string) rediscache.Markers {
 	return rediscache.Markers{Intent: intent, Lease: leasePrefix, Refused: refusedPrefix}
 }
+
+// claimRefresh claims key's early refresh for the fleet (see
+// refreshClaimer).
+func (r *RedisCache) claimRefresh(ctx context.Context, key string, token []byte, ttl time.Duration) (bool, error) {
+	if err := r.ready(); err != nil {
+		return false, err
+	}
+	ok, err := r.c.ClaimRefresh(ctx, key, token, ttl)
+	if err != nil {
+		return false, wrapErr("redis refresh claim "+key, err)
+	}
+	return ok, nil
+}
+
+// dropRefresh drops a claim of claimRefresh.
+func (r *RedisCache) dropRefresh(ctx context.Context, key string, token []byte) error {
+	if err := r.ready(); err != nil {
+		return err
+	}
+	if err := r.c.DropRefresh(ctx, key, token); err != nil {
+		return wrapErr("redis refresh claim "+key, err)
+	}
+	return nil
+}

@@ -218,10 +218,16 @@ redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return {2}`)
 
 // HandoffKey returns the key under which a refused fill of key under lease
-// is left for the lease's waiters: in the library's namespace, in key's
-// cluster slot, and ok is false if no such key can be named (key's hash
-// tag is malformed).
+// is left for the lease's waiters (see SideKey).
 func (c *Cache) HandoffKey(key string, lease []byte) (string, bool) {
+	token := strings.TrimSuffix(string(lease), `"`)
+	return c.SideKey("handoff", key, token[strings.LastIndexByte(token, ':')+1:])
+}
+
+// SideKey returns a key of the library's own about key: in the library's
+// namespace, under kind, in key's cluster slot, ending with suffix; ok is
+// false if no such key can be named (key's hash tag is malformed).
+func (c *Cache) SideKey(kind, key, suffix string) (string, bool) {
 	full := c.prefix + key
 	tag := full
 	if i := strings.IndexByte(full, '{'); i >= 0 {
@@ -233,9 +239,27 @@ func (c *Cache) HandoffKey(key string, lease []byte) (string, bool) {
 		return "", false
 	}
 	// With a tag in c.prefix, the prefix's tag decides the slot of both.
-	token := strings.TrimSuffix(string(lease), `"`)
-	token = token[strings.LastIndexByte(token, ':')+1:]
-	return c.prefix + "cacheaside:handoff:{" + tag + "}:" + token, true
+	return c.prefix + "cacheaside:" + kind + ":{" + tag + "}:" + suffix, true
+}
+
+// ClaimRefresh places token as the claim on refreshing key for ttl unless
+// one is there, and reports whether it did. A key whose claim cannot be
+// named is always claimed.
+func (c *Cache) ClaimRefresh(ctx context.Context, key string, token []byte, ttl time.Duration) (bool, error) {
+	k, ok := c.SideKey("refresh", key, "")
+	if !ok {
+		return true, nil
+	}
+	return c.c.SetNX(ctx, k, token, ttl).Result()
+}
+
+// DropRefresh removes the claim on refreshing key if it is still token.
+func (c *Cache) DropRefresh(ctx context.Context, key string, token []byte) error {
+	k, ok := c.SideKey("refresh", key, "")
+	if !ok {
+		return nil
+	}
+	return compareAndSwap.Run(ctx, c.c, []string{k}, token, "", 0, "del").Err()
 }
 
 // FillLease swaps key from lease to b for ttl, or, if key no longer holds
