@@ -1,8 +1,25 @@
 // Command cachebench runs one workload against several caching strategies
 // in one invocation, on the same database and Redis, and prints a row per
-// strategy: throughput, read latency percentiles, database queries, hit
-// rate, and stale reads (reads that returned a version older than the
-// newest write acknowledged before the read began).
+// strategy: throughput, read and write latency percentiles, database
+// queries, hit rate, and stale reads (reads that returned a version older
+// than the newest write acknowledged before the read began).
+//
+// Versions come from the database: cachebench's own users table has a
+// version column, and an update moves it on and writes it into the name in
+// one statement (see repo.go), so writes of one user run concurrently and
+// the version a write reports is the one it committed.
+//
+// Strategies: nocache, seed (the textbook cache-aside), cacheaside (this
+// library), go-redis-cache and sturdyc run by default; cacheaside-local
+// (WithLocalCache), cacheaside-relaxed (WithRelaxedLocalCache) and
+// go-redis-cache-local (go-redis/cache with its local TinyLFU) run with
+// -all or when -strategies names them, which keeps a run with no flags
+// under a minute.
+//
+// With -partition N, the first N instances of each Redis-backed strategy
+// reach Redis through a proxy black-holed for the whole measured phase
+// (see partition.go); a second table tells their operations from the
+// healthy instances'.
 //
 // The outage scenario reaches Redis through a fault-injection proxy of
 // each strategy's own (internal/faultproxy) and black-holes it for
@@ -23,18 +40,17 @@
 //	go run ./cmd/cachebench -scenario stampede -plot db.svg
 //	go run ./cmd/cachebench -scenario outage -outage 3s -plot outage.svg  # about 1 min
 //	go run ./cmd/cachebench -redis 127.0.0.1:6379 -postgres postgres://... -db-latency 1ms-3ms -json out.json
+//	go run ./cmd/cachebench -all -partition 1 -duration 10s              # about 2 min
 package main
 
 import (
 	"context"
-	"database/sql"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"time"
@@ -44,7 +60,6 @@ import (
 	"github.com/redis/go-redis/v9"
 	_ "modernc.org/sqlite"
 
-	"github.com/cacheaside/cacheaside"
 	"github.com/cacheaside/cacheaside/internal/faultproxy"
 )
 
@@ -96,12 +111,14 @@ func realMain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		ops         = fs.Int64("ops", 0, "measure this many operations per strategy instead of -duration")
 		ttl         = fs.Duration("ttl", 0, "cache TTL (default per scenario)")
 		dbLatency   = fs.String("db-latency", "", "delay added to every database call: 2ms, 1ms-5ms (uniform) or exp:2ms (default per scenario: none, 20ms for stampede, 1ms for outage)")
-		only        = fs.String("strategies", "", "comma-separated strategies to run (default all: "+strategyNames()+")")
+		only        = fs.String("strategies", "", "comma-separated strategies to run (default: "+strategyNames(defaultStrategies())+"; see -all)")
+		all         = fs.Bool("all", false, "run every strategy: the default ones and "+strategyNames(extraStrategies()))
 		jsonOut     = fs.String("json", "", "write the rows as JSON to this file (- for stdout)")
 		plotOut     = fs.String("plot", "", "write an SVG chart of database queries per second over time to this file")
 		outage      = fs.Duration("outage", 3*time.Second, "outage scenario: how long Redis is black-holed")
 		outageAt    = fs.Duration("outage-at", 0, "outage scenario: when the black hole starts into the measured phase (default 3s, or half of what -duration leaves besides -outage if less)")
 		abandon     = fs.Duration("abandon-after", 30*time.Second, "abandon, and count as failed, operations still running this long after the end of a timed phase")
+		partition   = fs.Int("partition", 0, "cut this many instances (the first ones) of each Redis-backed strategy off from Redis for the whole measured phase (a black-holing proxy); reads and writes still go to every instance")
 	)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -155,17 +172,28 @@ func realMain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return errors.New("-abandon-after must be positive")
 	case def.outage && cfg.ops > 0:
 		return errors.New("-ops does not go with -scenario outage, whose schedule is timed: give -duration")
+	case *partition < 0 || *partition >= cfg.instances:
+		return fmt.Errorf("-partition %d: want from 0 to -instances - 1 (%d), to leave a healthy instance", *partition, cfg.instances-1)
+	case *partition > 0 && def.outage:
+		return errors.New("-partition does not go with -scenario outage, which black-holes every instance's Redis itself")
 	case def.outage && (cfg.outage <= 0 || cfg.outageAt < 0 || cfg.outageAt+cfg.outage >= cfg.duration):
 		return fmt.Errorf("-outage-at %s + -outage %s must be positive and end before -duration %s, to leave time to measure the recovery",
 			cfg.outageAt, cfg.outage, cfg.duration)
 	}
-	selected := strategies
+	cfg.partition = *partition
+	selected := defaultStrategies()
+	if *all {
+		selected = strategies
+	}
+	if *only != "" && *all {
+		return errors.New("-strategies and -all do not go together")
+	}
 	if *only != "" {
 		selected = nil
 		for _, name := range strings.Split(*only, ",") {
 			s, ok := strategyByName(strings.TrimSpace(name))
 			if !ok {
-				return fmt.Errorf("unknown strategy %q (%s)", name, strategyNames())
+				return fmt.Errorf("unknown strategy %q (%s)", name, strategyNames(strategies))
 			}
 			selected = append(selected, s)
 		}
@@ -179,13 +207,16 @@ func realMain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if cfg.outage > 0 && redisSingle == "" {
 		return errors.New("-scenario outage needs a single Redis server, not a cluster")
 	}
+	if cfg.partition > 0 && redisSingle == "" {
+		return errors.New("-partition needs a single Redis server, not a cluster")
+	}
 	repo, dbDesc, closeDB, err := openDB(ctx, *pgDSN)
 	if err != nil {
 		return err
 	}
 	defer closeDB()
 	fmt.Fprintf(stderr, "seeding %d users...\n", cfg.users)
-	if err := seed(ctx, repo, cfg.users); err != nil {
+	if err := repo.seed(ctx, cfg.users); err != nil {
 		return err
 	}
 	counting := newCountingRepo(repo, cfg.dbLatency)
@@ -204,6 +235,10 @@ func realMain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintf(stdout, "outage: each strategy reaches Redis through a proxy of its own (go-redis clients with default options), black-holed from %s to %s of the measured phase; operations still running %s after its end are abandoned and counted as failed\n",
 			cfg.outageAt, cfg.outageAt+cfg.outage, cfg.abandonAfter)
 	}
+	if cfg.partition > 0 {
+		fmt.Fprintf(stdout, "partition: the first %d of %d instances of each Redis-backed strategy reach Redis through a proxy of the run's own, black-holed for the whole measured phase (healthy during the warm-up)\n",
+			cfg.partition, cfg.instances)
+	}
 	fmt.Fprintln(stdout)
 
 	runID := fmt.Sprintf("%x", time.Now().UnixNano())
@@ -211,25 +246,43 @@ func realMain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	var notes []string
 	for _, s := range selected {
 		prefix := "cachebench:" + runID + ":" + s.name + ":"
-		env := strategyEnv{repo: counting, newClient: newClient, prefix: prefix, ttl: cfg.ttl, n: cfg.instances}
+		env := strategyEnv{repo: counting, newClient: func(int) redis.UniversalClient { return newClient() },
+			prefix: prefix, ttl: cfg.ttl, n: cfg.instances, users: cfg.users}
 		goroutines := runtime.NumGoroutine()
-		var sw faultSwitch
-		if cfg.outage > 0 {
+		var sw, part faultSwitch
+		if cfg.outage > 0 || (cfg.partition > 0 && s.redis) {
 			px, err := faultproxy.New(redisSingle)
 			if err != nil {
 				return err
 			}
 			addr := px.Addr()
 			// Default options, as users have them: no timeouts of our own.
-			env.newClient = func() redis.UniversalClient { return redis.NewClient(&redis.Options{Addr: addr}) }
-			sw = px
+			proxied := func() redis.UniversalClient { return redis.NewClient(&redis.Options{Addr: addr}) }
+			if cfg.outage > 0 {
+				env.newClient = func(int) redis.UniversalClient { return proxied() }
+				sw = px
+			} else {
+				env.newClient = func(i int) redis.UniversalClient {
+					if i < cfg.partition {
+						return proxied()
+					}
+					return newClient()
+				}
+				part = px
+			}
 		}
 		insts, closeInsts := s.build(env)
 		fmt.Fprintf(stderr, "running %s\n", s.name)
-		row := run(ctx, cfg, w, s.name, insts, sw, stderr)
+		row := run(ctx, cfg, w, s.name, insts, sw, part, stderr)
 		row.Library = libCounters(insts)
 		if m := libMetrics(insts); m != "" {
 			notes = append(notes, s.name+" (its own metrics, warm-up included): "+m)
+		}
+		if part != nil {
+			if err := part.Pass(); err != nil { // heal, so that the instances close promptly
+				fmt.Fprintf(stderr, "  %s: the partition proxy did not pass again: %v\n", s.name, err)
+			}
+			sw = part
 		}
 		closeInsts()
 		if row.Library != nil {
@@ -247,6 +300,7 @@ func realMain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 	printTable(stdout, rows)
 	printOutageTable(stdout, rows)
+	printPartitionTable(stdout, rows)
 	for _, n := range notes {
 		fmt.Fprintln(stdout, n)
 	}
@@ -270,20 +324,34 @@ func realMain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	return nil
 }
 
-func strategyNames() string {
+func strategyNames(list []strategy) string {
 	var names []string
-	for _, s := range strategies {
+	for _, s := range list {
 		names = append(names, s.name)
 	}
 	return strings.Join(names, ",")
 }
 
+// extraStrategies are the strategies only -all or -strategies runs.
+func extraStrategies() []strategy {
+	var out []strategy
+	for _, s := range strategies {
+		if s.extra {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
 func printTable(w io.Writer, rows []result) {
-	fmt.Fprintf(w, "%-15s %10s %9s %9s %9s %11s %9s %8s %12s\n",
-		"strategy", "ops/s", "p50", "p99", "p99.9", "DB queries", "per 1k", "hit rate", "stale reads")
+	fmt.Fprintf(w, "%-20s %9s %9s %9s %9s %9s %9s %9s %11s %8s %8s %12s\n",
+		"", "", "read", "read", "read", "write", "write", "write", "", "", "", "")
+	fmt.Fprintf(w, "%-20s %9s %9s %9s %9s %9s %9s %9s %11s %8s %8s %12s\n",
+		"strategy", "ops/s", "p50", "p99", "p99.9", "p50", "p99", "p99.9", "DB queries", "per 1k", "hit rate", "stale reads")
 	for _, r := range rows {
-		fmt.Fprintf(w, "%-15s %10.0f %9s %9s %9s %11d %9.2f %7.1f%% %12s\n",
+		fmt.Fprintf(w, "%-20s %9.0f %9s %9s %9s %9s %9s %9s %11d %8.2f %7.1f%% %12s\n",
 			r.Strategy, r.OpsPerSec, us(r.P50us), us(r.P99us), us(r.P999us),
+			wus(r.Writes+r.FailedWrites, r.WriteP50us), wus(r.Writes+r.FailedWrites, r.WriteP99us), wus(r.Writes+r.FailedWrites, r.WriteP999us),
 			r.DBQueries, r.DBPer1k, r.HitRate*100, fmt.Sprintf("%d (%.2f%%)", r.StaleReads, r.StaleRate*100))
 	}
 	for _, r := range rows {
@@ -308,6 +376,14 @@ func settle(n int, timeout time.Duration) int {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// wus formats a write latency percentile, "-" if there were no writes.
+func wus(writes int64, v float64) string {
+	if writes == 0 {
+		return "-"
+	}
+	return us(v)
 }
 
 func us(v float64) string {
@@ -399,83 +475,6 @@ func expireOnClock(mr *miniredis.Miniredis) (stop func()) {
 		close(quit)
 		<-done
 	}
-}
-
-// openDB opens PostgreSQL at dsn, or SQLite in a temporary file, with a
-// fresh users table.
-func openDB(ctx context.Context, dsn string) (*cacheaside.SQLRepository, string, func(), error) {
-	if dsn == "" {
-		dir, err := os.MkdirTemp("", "cachebench-")
-		if err != nil {
-			return nil, "", nil, err
-		}
-		db, err := sql.Open("sqlite", "file:"+filepath.Join(dir, "users.db")+"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)")
-		if err != nil {
-			return nil, "", nil, err
-		}
-		closeFn := func() { db.Close(); os.RemoveAll(dir) }
-		var ver string
-		_ = db.QueryRowContext(ctx, "SELECT sqlite_version()").Scan(&ver)
-		repo, err := cacheaside.NewSQLRepository(ctx, db, cacheaside.SQLite)
-		if err != nil {
-			closeFn()
-			return nil, "", nil, err
-		}
-		return repo, "SQLite " + ver + " (modernc.org/sqlite, embedded, temporary file)", closeFn, nil
-	}
-	db, err := sql.Open("pgx", dsn)
-	if err != nil {
-		return nil, "", nil, err
-	}
-	db.SetMaxOpenConns(64)
-	db.SetMaxIdleConns(64)
-	var ver string
-	if err := db.QueryRowContext(ctx, "SHOW server_version").Scan(&ver); err != nil {
-		db.Close()
-		return nil, "", nil, fmt.Errorf("postgres: %w", err)
-	}
-	if _, err := db.ExecContext(ctx, "DROP TABLE IF EXISTS cachebench_users"); err != nil {
-		db.Close()
-		return nil, "", nil, err
-	}
-	repo, err := cacheaside.NewSQLRepository(ctx, db, cacheaside.PostgreSQL, cacheaside.WithTable("cachebench_users"))
-	if err != nil {
-		db.Close()
-		return nil, "", nil, err
-	}
-	return repo, "PostgreSQL " + ver + " (pgx)", func() {
-		_, _ = db.ExecContext(context.Background(), "DROP TABLE IF EXISTS cachebench_users")
-		db.Close()
-	}, nil
-}
-
-// seed inserts users 1..n at version 0 in one transaction.
-func seed(ctx context.Context, repo *cacheaside.SQLRepository, n int) error {
-	tx, err := repo.DB().BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer tx.Rollback()
-	ph := "(?, ?, ?, ?)"
-	if strings.HasPrefix(repo.Dialect().String(), "postgres") {
-		ph = "($1, $2, $3, $4)"
-	}
-	stmt, err := tx.PrepareContext(ctx, "INSERT INTO "+repo.Table()+" (id, name, email, created_at) VALUES "+ph)
-	if err != nil {
-		return err
-	}
-	defer stmt.Close()
-	now := time.Now().UTC().Truncate(time.Microsecond)
-	var created any = now
-	if repo.Dialect() == cacheaside.SQLite {
-		created = now.UnixMicro()
-	}
-	for id := 1; id <= n; id++ {
-		if _, err := stmt.ExecContext(ctx, id, userName(id, 0), userEmail(id), created); err != nil {
-			return fmt.Errorf("seed user %d: %w", id, err)
-		}
-	}
-	return tx.Commit()
 }
 
 // cleanRedis deletes the keys a strategy left under prefix.

@@ -291,6 +291,21 @@ type libraryCounters struct {
 	// RepositoryBreakerOpens counts the openings of the repository's
 	// breaker (it should stay closed: the database never fails here).
 	RepositoryBreakerOpens int64 `json:"repository_breaker_opens"`
+
+	// The local tier (cacheaside-local, cacheaside-relaxed): reads it
+	// answered and missed, invalidations received on the bus and
+	// acknowledgements sent, writes that waited for a member that neither
+	// acknowledged nor lost its lease at once and how long they waited in
+	// all. Membership is each instance's standing on the bus at the end
+	// of the measured phase, by instance ("instance 1: serving"); absent
+	// without a local tier.
+	LocalHits        int64    `json:"local_hits"`
+	LocalMisses      int64    `json:"local_misses"`
+	BusInvalidations int64    `json:"bus_invalidations"`
+	BusAcks          int64    `json:"bus_acks"`
+	WritesWaited     int64    `json:"writes_waited"`
+	WriteWaitSeconds float64  `json:"write_wait_seconds"`
+	Membership       []string `json:"membership,omitempty"`
 }
 
 // libCounters sums the library's counters over a strategy's instances, or
@@ -298,13 +313,17 @@ type libraryCounters struct {
 func libCounters(insts []instance) *libraryCounters {
 	var c libraryCounters
 	found := false
-	for _, in := range insts {
+	for i, in := range insts {
 		l, ok := in.(libInstance)
 		if !ok {
 			continue
 		}
 		found = true
-		c.add(l.svc.GetMetrics())
+		m := l.svc.GetMetrics()
+		c.add(m)
+		if m.Membership != "" {
+			c.Membership = append(c.Membership, fmt.Sprintf("instance %d: %s", i+1, m.Membership))
+		}
 	}
 	if !found {
 		return nil
@@ -332,6 +351,12 @@ func (c *libraryCounters) add(m cacheaside.ServiceMetrics) {
 	c.FailSafeServed += m.FailSafeServed
 	c.DatabaseErrors += m.DatabaseErrors
 	c.RepositoryBreakerOpens += m.RepositoryBreakerOpens
+	c.LocalHits += m.LocalHits
+	c.LocalMisses += m.LocalMisses
+	c.BusInvalidations += m.BusInvalidations
+	c.BusAcks += m.BusAcks
+	c.WritesWaited += m.WritesWaited
+	c.WriteWaitSeconds += m.WriteWaitTime.Seconds()
 }
 
 // pendingInvalidations sums the library's pending invalidations over a
@@ -360,9 +385,9 @@ func printOutageTable(w io.Writer, rows []result) {
 	}
 	fmt.Fprintf(w, "\nredis black-holed from %.1fs to %.1fs of the measured phase (first row). \"during\": reads that began then; \"longest overlap\": the longest read\nin flight at some time during it, wherever it began; \"after recovery\": reads that began once Redis passed again; DB q/s: mean per phase\n",
 		win.StartS, win.EndS)
-	fmt.Fprintf(w, "%-15s %7s %7s %8s %10s %10s %10s %8s %8s %8s %11s %7s %20s\n",
+	fmt.Fprintf(w, "%-20s %7s %7s %8s %10s %10s %10s %8s %8s %8s %11s %7s %20s\n",
 		"strategy", "failed", "failed", "reads", "read p99", "read max", "longest", "DB q/s", "DB q/s", "DB q/s", "stale reads", "stale", "read p99 / max")
-	fmt.Fprintf(w, "%-15s %7s %7s %8s %10s %10s %10s %8s %8s %8s %11s %7s %20s\n",
+	fmt.Fprintf(w, "%-20s %7s %7s %8s %10s %10s %10s %8s %8s %8s %11s %7s %20s\n",
 		"", "reads", "writes", "during", "during", "during", "overlap", "before", "during", "after", "after recov", "total", "after recovery")
 	for _, r := range rows {
 		o := r.Outage
@@ -373,7 +398,7 @@ func printOutageTable(w io.Writer, rows []result) {
 		if o.ReadsDuring > 0 {
 			p99, mx = us(o.P99DuringUs), us(o.MaxDuringUs)
 		}
-		fmt.Fprintf(w, "%-15s %7d %7d %8d %10s %10s %10s %8.0f %8.0f %8.0f %11d %7d %20s\n",
+		fmt.Fprintf(w, "%-20s %7d %7d %8d %10s %10s %10s %8.0f %8.0f %8.0f %11d %7d %20s\n",
 			r.Strategy, r.FailedReads, r.FailedWrites, o.ReadsDuring, p99, mx, us(o.MaxOverlapUs),
 			o.DBPerSecBefore, o.DBPerSecDuring, o.DBPerSecAfter, o.StaleAfter, r.StaleReads,
 			us(o.P99AfterUs)+" / "+us(o.MaxAfterUs))

@@ -243,3 +243,51 @@ func TestDrive_AbandonCancels(t *testing.T) {
 		t.Errorf("abandoned %d in %v, want 3 at once", abandoned, time.Since(before))
 	}
 }
+
+// fastInstance answers at once: reads return version 0, writes commit
+// version 1, as versionedRepo would name them.
+type fastInstance struct{}
+
+func (fastInstance) Get(ctx context.Context, id int) (*cacheaside.User, error) {
+	return &cacheaside.User{ID: id, Name: userName(id, 0)}, nil
+}
+
+func (fastInstance) Update(ctx context.Context, u *cacheaside.User) error {
+	u.Name = userName(u.ID, 1)
+	return nil
+}
+
+// TestRun_Partition: with -partition 1, run black-holes the switch when
+// the measured phase begins and tells the partitioned instance's
+// operations from the others'; operations it abandons are failed, and the
+// time spent waiting for them is not measured time.
+func TestRun_Partition(t *testing.T) {
+	hung := hangingInstance{release: make(chan struct{}), honorCtx: true}
+	cfg := config{scenario: "zipf", users: 50, zipf: 1.1, writes: 0.3, concurrency: 4, partition: 1,
+		duration: 200 * time.Millisecond, abandonAfter: 300 * time.Millisecond}
+	w := newWorld(newCountingRepo(cacheaside.NewMemoryRepository(), latency{}), cfg.users)
+	sw := &fakeSwitch{}
+	res := run(context.Background(), cfg, w, "test", []instance{hung, fastInstance{}}, nil, sw, io.Discard)
+	if len(sw.calls) != 1 || sw.calls[0] != "blackhole" || !sw.closed.Load() {
+		t.Errorf("switch calls %v, closed %v; want one blackhole, then closed to free the abandoned operations", sw.calls, sw.closed.Load())
+	}
+	p := res.Partition
+	if p == nil || p.Instances != 1 {
+		t.Fatalf("partition result %+v", p)
+	}
+	if p.Partitioned.Reads+p.Partitioned.Writes != 0 || p.Partitioned.FailedReads+p.Partitioned.FailedWrites != 2 {
+		t.Errorf("partitioned: %+v; want its 2 workers' operations abandoned, none counted", p.Partitioned)
+	}
+	if p.Healthy.Reads == 0 || p.Healthy.Writes == 0 || p.Healthy.FailedReads+p.Healthy.FailedWrites != 0 || p.Healthy.StaleReads == 0 {
+		t.Errorf("healthy: %+v; want reads and writes, none failed, and stale reads (version 0 after version 1)", p.Healthy)
+	}
+	if res.Abandoned != 2 || res.Seconds != 0.2 {
+		t.Errorf("abandoned %d, measured %.2fs; want 2, 0.2s (-duration: the wait for the abandoned ones excluded)", res.Abandoned, res.Seconds)
+	}
+	if n := res.OpsPerSec * res.Seconds; n <= 0 || n > float64(res.Ops)+0.5 {
+		t.Errorf("%.0f ops/s over %.2fs for %d operations", res.OpsPerSec, res.Seconds, res.Ops)
+	}
+	if res.WriteP50us <= 0 {
+		t.Errorf("write p50 %v", res.WriteP50us)
+	}
+}

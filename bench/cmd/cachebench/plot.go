@@ -8,7 +8,7 @@ import (
 )
 
 // palette colours the strategies in the order they ran.
-var palette = []string{"#d62728", "#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b"}
+var palette = []string{"#d62728", "#7f7f7f", "#1f77b4", "#17becf", "#bcbd22", "#ff7f0e", "#e377c2", "#2ca02c", "#9467bd", "#8c564b"}
 
 // plotSVG draws database queries per second over time, one line per
 // strategy, on a logarithmic axis (a strategy that never queries sits on

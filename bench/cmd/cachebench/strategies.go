@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -27,25 +28,51 @@ type instance interface {
 type strategy struct {
 	name string
 	desc string
+	// redis says the strategy's instances use Redis (and so can be
+	// partitioned from it).
+	redis bool
+	// extra leaves the strategy out of the default list, to keep a run
+	// with no flags under a minute: -all or -strategies runs it.
+	extra bool
 	// build returns n instances, each with a Redis client of its own made
 	// by newClient, keys under prefix, values cached for ttl.
 	build func(env strategyEnv) ([]instance, func())
 }
 
 type strategyEnv struct {
-	repo      cacheaside.UserRepository
-	newClient func() redis.UniversalClient
+	repo cacheaside.UserRepository
+	// newClient returns a Redis client for instance i (0 to n-1).
+	newClient func(i int) redis.UniversalClient
 	prefix    string
 	ttl       time.Duration
 	n         int
+	users     int // the number of users: what a local tier sized to hold them all needs
 }
 
 var strategies = []strategy{
 	{name: "nocache", desc: "every read goes to the database", build: buildNoCache},
-	{name: "seed", desc: "the seed tutorial: async fill, per-process single flight, plain delete", build: buildSeed},
-	{name: "cacheaside", desc: "this library with its defaults", build: buildCacheaside},
-	{name: "go-redis-cache", desc: "github.com/go-redis/cache/v9 Once + Delete, Redis only", build: buildGoRedisCache},
+	{name: "seed", desc: "the seed tutorial: async fill, per-process single flight, plain delete", redis: true, build: buildSeed},
+	{name: "cacheaside", desc: "this library with its defaults", redis: true, build: buildLib(nil)},
+	{name: "cacheaside-local", desc: "this library with a strict local tier, WithLocalCache(users)", redis: true, extra: true,
+		build: buildLib(func(env strategyEnv) cacheaside.UserOption { return cacheaside.WithLocalCache(env.users) })},
+	{name: "cacheaside-relaxed", desc: "this library with a relaxed local tier, WithRelaxedLocalCache(users)", redis: true, extra: true,
+		build: buildLib(func(env strategyEnv) cacheaside.UserOption { return cacheaside.WithRelaxedLocalCache(env.users) })},
+	{name: "go-redis-cache", desc: "github.com/go-redis/cache/v9 Once + Delete, Redis only", redis: true, build: buildGoRedisCache(false)},
+	{name: "go-redis-cache-local", desc: "github.com/go-redis/cache/v9 Once + Delete, with its local TinyLFU(users, TTL) in front of Redis",
+		redis: true, extra: true, build: buildGoRedisCache(true)},
 	{name: "sturdyc", desc: "github.com/viccon/sturdyc GetOrFetch + Delete, in-process per instance", build: buildSturdyc},
+}
+
+// defaultStrategies are the strategies a run without -strategies or -all
+// runs.
+func defaultStrategies() []strategy {
+	var out []strategy
+	for _, s := range strategies {
+		if !s.extra {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 func strategyByName(name string) (strategy, bool) {
@@ -128,7 +155,8 @@ func buildSeed(env strategyEnv) ([]instance, func()) {
 	}
 }
 
-// libInstance is this library with its defaults (and the run's TTL).
+// libInstance is this library with its defaults, the run's TTL, and a
+// local tier for the strategies that have one.
 type libInstance struct{ svc *cacheaside.UserService }
 
 func (l libInstance) Get(ctx context.Context, id int) (*cacheaside.User, error) {
@@ -139,6 +167,13 @@ func (l libInstance) Update(ctx context.Context, u *cacheaside.User) error {
 	return l.svc.UpdateUser(ctx, u)
 }
 
+// serving reports whether the instance's local tier, if it has one, serves
+// reads from memory now.
+func (l libInstance) serving() bool {
+	m := l.svc.GetMetrics().Membership
+	return m == "" || m == "serving"
+}
+
 // libMetrics sums the library's own counters over a strategy's instances,
 // or returns "" for other strategies.
 func libMetrics(insts []instance) string {
@@ -146,28 +181,45 @@ func libMetrics(insts []instance) string {
 	if m == nil {
 		return ""
 	}
-	return fmt.Sprintf("database loads %d, shared loads %d, lease waits %d, lease wait timeouts %d, rejoins %d, stale fills refused %d",
+	s := fmt.Sprintf("database loads %d, shared loads %d, lease waits %d, lease wait timeouts %d, rejoins %d, stale fills refused %d",
 		m.DatabaseLoads, m.SharedLoads, m.LeaseWaits, m.LeaseWaitTimeouts, m.Rejoins, m.StaleFillsSkipped)
+	if m.Membership != nil || m.LocalHits+m.BusInvalidations+m.WritesWaited > 0 {
+		s += fmt.Sprintf("; local tier: local hits %d, local misses %d, bus invalidations %d, bus acks %d, writes that waited %d (%s in all), membership at the end: %s",
+			m.LocalHits, m.LocalMisses, m.BusInvalidations, m.BusAcks, m.WritesWaited,
+			time.Duration(m.WriteWaitSeconds*float64(time.Second)).Round(time.Millisecond), strings.Join(m.Membership, "; "))
+	}
+	return s
 }
 
-func buildCacheaside(env strategyEnv) ([]instance, func()) {
-	insts, closeClients := perClient(env, func(c redis.UniversalClient) instance {
-		return libInstance{cacheaside.NewUserService(env.repo,
-			cacheaside.NewRedisCache(c, cacheaside.WithKeyPrefix(env.prefix)),
-			cacheaside.WithTTL(env.ttl))}
-	})
-	return insts, func() {
-		for _, in := range insts {
-			_ = in.(libInstance).svc.Close() // stops the retries of failed invalidations
+// buildLib builds the library's instances, with the option local returns
+// (a local tier) unless local is nil. Every instance of a run uses the
+// same mode, as the library requires of a fleet.
+func buildLib(local func(env strategyEnv) cacheaside.UserOption) func(env strategyEnv) ([]instance, func()) {
+	return func(env strategyEnv) ([]instance, func()) {
+		insts, closeClients := perClient(env, func(c redis.UniversalClient) instance {
+			opts := []cacheaside.UserOption{cacheaside.WithTTL(env.ttl)}
+			if local != nil {
+				opts = append(opts, local(env))
+			}
+			return libInstance{cacheaside.NewUserService(env.repo,
+				cacheaside.NewRedisCache(c, cacheaside.WithKeyPrefix(env.prefix)), opts...)}
+		})
+		return insts, func() {
+			for _, in := range insts {
+				_ = in.(libInstance).svc.Close() // stops the retries of failed invalidations and the bus
+			}
+			closeClients()
 		}
-		closeClients()
 	}
 }
 
-// goRedisCache is github.com/go-redis/cache/v9 as its README shows it, with
-// Redis only (a local TinyLFU in front would make other instances' reads
-// staler still): Once loads a miss under a per-process singleflight and
-// sets it; a write updates the database and deletes the key.
+// goRedisCache is github.com/go-redis/cache/v9 as its README shows it:
+// Once loads a miss under a per-process singleflight and sets it; a write
+// updates the database and deletes the key (from Redis, and from the
+// writing instance's local cache if it has one). With a local TinyLFU in
+// front (go-redis-cache-local), the other instances keep the old value in
+// theirs until it expires, as go-redis/cache has no invalidation between
+// instances.
 type goRedisCache struct {
 	repo   cacheaside.UserRepository
 	c      *gocache.Cache
@@ -198,11 +250,18 @@ func (g goRedisCache) Update(ctx context.Context, u *cacheaside.User) error {
 	return nil
 }
 
-func buildGoRedisCache(env strategyEnv) ([]instance, func()) {
-	return perClient(env, func(c redis.UniversalClient) instance {
-		return goRedisCache{repo: env.repo, prefix: env.prefix, ttl: env.ttl,
-			c: gocache.New(&gocache.Options{Redis: c})}
-	})
+// buildGoRedisCache builds go-redis/cache instances, with a local TinyLFU
+// of env.users entries and the run's TTL each if local.
+func buildGoRedisCache(local bool) func(env strategyEnv) ([]instance, func()) {
+	return func(env strategyEnv) ([]instance, func()) {
+		return perClient(env, func(c redis.UniversalClient) instance {
+			o := &gocache.Options{Redis: c}
+			if local {
+				o.LocalCache = gocache.NewTinyLFU(env.users, env.ttl)
+			}
+			return goRedisCache{repo: env.repo, prefix: env.prefix, ttl: env.ttl, c: gocache.New(o)}
+		})
+	}
 }
 
 // sturdyInstance is github.com/viccon/sturdyc: an in-process cache per
@@ -254,7 +313,7 @@ func perClient(env strategyEnv, mk func(c redis.UniversalClient) instance) ([]in
 	clients := make([]redis.UniversalClient, env.n)
 	insts := make([]instance, env.n)
 	for i := range insts {
-		clients[i] = env.newClient()
+		clients[i] = env.newClient(i)
 		insts[i] = mk(clients[i])
 	}
 	return insts, func() {

@@ -38,28 +38,50 @@ type config struct {
 	// operations still running are waited for; past it they are
 	// abandoned and counted as failed.
 	abandonAfter time.Duration
+	// partition is how many instances of each Redis-backed strategy are
+	// cut off from Redis (black-holed) for the whole measured phase.
+	partition int
 }
 
 // bucket is the resolution of the DB-queries timeline.
 const bucket = 100 * time.Millisecond
 
-// world is the state every strategy shares: the database, the versions
-// acknowledged per user, and the per-user write locks that make the
-// version order the commit order.
+// world is the state every strategy shares: the database, and per user
+// the newest version acknowledged to a writer. The database assigns the
+// versions (see versionedRepo), so writes of one user run concurrently
+// and version order is commit order.
 type world struct {
-	repo  *countingRepo
-	locks []sync.Mutex
-	next  []int64        // the version the next write of a user commits; under locks
-	acked []atomic.Int64 // the newest version acknowledged to a writer
+	repo *countingRepo
+	// acked holds, per user, the newest version acknowledged to a writer,
+	// shifted left by one, with the low bit set if an instance cut off from
+	// Redis (-partition) wrote it.
+	acked []atomic.Int64
 }
 
 func newWorld(repo *countingRepo, users int) *world {
-	return &world{
-		repo:  repo,
-		locks: make([]sync.Mutex, users+1),
-		next:  make([]int64, users+1),
-		acked: make([]atomic.Int64, users+1),
+	return &world{repo: repo, acked: make([]atomic.Int64, users+1)}
+}
+
+// ack records that a write of user id committed version v and was
+// acknowledged, by a partitioned instance or not; the newest version wins.
+func (w *world) ack(id int, v int64, partitioned bool) {
+	n := v << 1
+	if partitioned {
+		n |= 1
 	}
+	for {
+		old := w.acked[id].Load()
+		if old>>1 >= v || w.acked[id].CompareAndSwap(old, n) {
+			return
+		}
+	}
+}
+
+// newest returns the newest version of user id acknowledged to a writer
+// (0 before any write), and whether a partitioned instance wrote it.
+func (w *world) newest(id int) (v int64, byPartitioned bool) {
+	n := w.acked[id].Load()
+	return n >> 1, n&1 == 1
 }
 
 func userName(id int, version int64) string { return fmt.Sprintf("user %d v%d", id, version) }
@@ -80,24 +102,34 @@ func version(u *cacheaside.User) int64 {
 
 // result is one strategy's row.
 type result struct {
-	Strategy    string    `json:"strategy"`
-	Scenario    string    `json:"scenario"`
-	Seconds     float64   `json:"seconds"`
-	Ops         int64     `json:"ops"`
-	Reads       int64     `json:"reads"`
-	Writes      int64     `json:"writes"`
-	Errors      int64     `json:"errors"`
-	OpsPerSec   float64   `json:"ops_per_sec"`
-	P50us       float64   `json:"read_p50_us"`
-	P99us       float64   `json:"read_p99_us"`
-	P999us      float64   `json:"read_p999_us"`
-	DBQueries   int64     `json:"db_queries"`
-	DBPer1k     float64   `json:"db_queries_per_1k_requests"`
-	HitRate     float64   `json:"hit_rate"`
-	StaleReads  int64     `json:"stale_reads"`
-	StaleRate   float64   `json:"stale_read_rate"`
-	BucketMS    int       `json:"timeline_bucket_ms"`
-	DBPerSecond []float64 `json:"db_queries_per_second"`
+	Strategy string `json:"strategy"`
+	Scenario string `json:"scenario"`
+	// Seconds is the measured phase: -duration, or with -ops the time
+	// they took. OpsPerSec divides by it the operations that succeeded
+	// within it (with -duration, those that ended by its end; the few
+	// that ended later still count in Ops and everywhere else).
+	Seconds     float64 `json:"seconds"`
+	Ops         int64   `json:"ops"`
+	Reads       int64   `json:"reads"`
+	Writes      int64   `json:"writes"`
+	Errors      int64   `json:"errors"`
+	OpsPerSec   float64 `json:"ops_per_sec"`
+	P50us       float64 `json:"read_p50_us"`
+	P99us       float64 `json:"read_p99_us"`
+	P999us      float64 `json:"read_p999_us"`
+	WriteP50us  float64 `json:"write_p50_us"` // failed writes included, as failed reads are in the read percentiles
+	WriteP99us  float64 `json:"write_p99_us"`
+	WriteP999us float64 `json:"write_p999_us"`
+	DBQueries   int64   `json:"db_queries"`
+	DBPer1k     float64 `json:"db_queries_per_1k_requests"`
+	HitRate     float64 `json:"hit_rate"`
+	StaleReads  int64   `json:"stale_reads"`
+	StaleRate   float64 `json:"stale_read_rate"`
+	BucketMS    int     `json:"timeline_bucket_ms"`
+	// WarmupSeconds is how long the unmeasured warm-up ran: the
+	// scenario's, or longer until every local tier served.
+	WarmupSeconds float64   `json:"warmup_seconds"`
+	DBPerSecond   []float64 `json:"db_queries_per_second"`
 
 	// FailedReads and FailedWrites split Errors: operations that returned
 	// an error, and those abandoned still running (see Abandoned).
@@ -106,10 +138,13 @@ type result struct {
 	// Abandoned counts operations still running -abandon-after past the
 	// end of the measured phase; they count as failed.
 	Abandoned int64 `json:"abandoned,omitempty"`
-	// Outage is the outage scenario's view of the run; Library is the
+	// Outage is the outage scenario's view of the run; Partition splits
+	// the run between the instances cut off from Redis and the others
+	// (-partition, Redis-backed strategies only); Library is the
 	// library's own counters, on its rows only.
-	Outage  *outageResult    `json:"outage,omitempty"`
-	Library *libraryCounters `json:"library,omitempty"`
+	Outage    *outageResult    `json:"outage,omitempty"`
+	Partition *partitionResult `json:"partition,omitempty"`
+	Library   *libraryCounters `json:"library,omitempty"`
 }
 
 // opKind is what a worker is doing.
@@ -128,6 +163,9 @@ type outcome struct {
 	lat   time.Duration
 	err   error
 	stale bool // a read that returned a version older than one acknowledged before it began
+	// staleByPartitioned: the newest write acknowledged before the stale
+	// read began came from a partitioned instance.
+	staleByPartitioned bool
 }
 
 // workerStats is what one worker counted. The worker records each
@@ -137,8 +175,12 @@ type workerStats struct {
 	mu                         sync.Mutex
 	reads, writes, errs, stale int64
 	readErrs, writeErrs        int64
-	lat                        []time.Duration
+	staleByPartitioned         int64
+	lat, wlat                  []time.Duration // read and write latencies
 	win                        windowStats
+	deadline                   time.Time // the end of a timed phase, or zero
+	inWindow                   int64     // operations that succeeded and ended by deadline
+	partitioned                bool      // its instance is cut off from Redis (-partition)
 	abandoned                  bool
 	inflight                   atomic.Int32 // the opKind of the operation running, if any
 	inflightStart              atomic.Int64 // when it began, in nanoseconds since epoch
@@ -164,6 +206,9 @@ func (st *workerStats) record(o outcome, win *window) bool {
 	if st.abandoned {
 		return false
 	}
+	if o.err == nil && !st.deadline.IsZero() && !o.start.Add(o.lat).After(st.deadline) {
+		st.inWindow++
+	}
 	switch o.kind {
 	case opRead:
 		st.lat = append(st.lat, o.lat)
@@ -174,9 +219,13 @@ func (st *workerStats) record(o outcome, win *window) bool {
 			st.reads++
 			if o.stale {
 				st.stale++
+				if o.staleByPartitioned {
+					st.staleByPartitioned++
+				}
 			}
 		}
 	case opWrite:
+		st.wlat = append(st.wlat, o.lat)
 		if o.err != nil {
 			st.errs++
 			st.writeErrs++
@@ -213,6 +262,7 @@ func (st *workerStats) abandon(win *window, now time.Time) bool {
 		st.lat = append(st.lat, o.lat)
 	} else {
 		st.writeErrs++
+		st.wlat = append(st.wlat, o.lat)
 	}
 	if win != nil {
 		st.win.add(win, o)
@@ -227,13 +277,41 @@ var errAbandoned = errors.New("abandoned: still running after -abandon-after")
 // With sw (the outage scenario), Redis is black-holed through sw for
 // cfg.outage from cfg.outageAt into the measured phase, and passes again
 // after; sw is also closed if operations have to be abandoned, to free
-// them.
-func run(ctx context.Context, cfg config, w *world, name string, insts []instance, sw faultSwitch, progress io.Writer) result {
+// them. With part (-partition), the first cfg.partition instances reach
+// Redis through part, which run black-holes when the measured phase
+// begins; the caller heals it once it has read the instances' state.
+func run(ctx context.Context, cfg config, w *world, name string, insts []instance, sw, part faultSwitch, progress io.Writer) result {
+	unblock := closer(sw)
+	if part != nil {
+		unblock = closer(part)
+	}
+	var warm time.Duration
 	if cfg.warmup > 0 {
-		stats, ab := drive(ctx, cfg, w, insts, driveOpts{deadline: time.Now().Add(cfg.warmup), unblock: closer(sw), progress: progress})
-		if ab > 0 || failed(stats) > 0 {
-			fmt.Fprintf(progress, "  %-15s warm-up: %d operations failed, %d abandoned\n", name, failed(stats), ab)
+		start := time.Now()
+		warmup := func(d time.Duration) {
+			stats, ab := drive(ctx, cfg, w, insts, driveOpts{deadline: time.Now().Add(d), unblock: unblock, progress: progress})
+			if ab > 0 || failed(stats) > 0 {
+				fmt.Fprintf(progress, "  %-20s warm-up: %d operations failed, %d abandoned\n", name, failed(stats), ab)
+			}
 		}
+		warmup(cfg.warmup)
+		// A local tier may not serve until a while after it joined: the
+		// warm-up goes on until every instance's does.
+		for !allServing(insts) && time.Since(start) < maxLocalWarmup {
+			warmup(250 * time.Millisecond)
+		}
+		warm = time.Since(start)
+		if !allServing(insts) {
+			fmt.Fprintf(progress, "  %-20s warm-up: the local tiers do not all serve after %s; measuring anyway\n", name, warm.Round(time.Millisecond))
+		} else if warm > cfg.warmup+time.Second {
+			fmt.Fprintf(progress, "  %-20s warm-up: the local tiers all serve after %s\n", name, warm.Round(time.Millisecond))
+		}
+	}
+	partitioned, label := 0, ""
+	if part != nil && cfg.partition > 0 {
+		partitioned = min(cfg.partition, len(insts))
+		label = fmt.Sprintf("  [%d of %d instances partitioned]", partitioned, len(insts))
+		part.Blackhole()
 	}
 	w.repo.startTimeline(time.Now())
 	startQ := w.repo.queries.Load()
@@ -262,8 +340,8 @@ func run(ctx context.Context, cfg config, w *world, name string, insts []instanc
 			case now := <-t.C:
 				ops, q := opsDone.Load(), w.repo.queries.Load()
 				dt := now.Sub(lastT).Seconds()
-				fmt.Fprintf(progress, "  %-15s %4.0fs  %8.0f ops/s  %8.0f DB queries/s%s\n",
-					name, now.Sub(begin).Seconds(), float64(ops-lastOps)/dt, float64(q-lastQ)/dt, win.label(now))
+				fmt.Fprintf(progress, "  %-20s %4.0fs  %8.0f ops/s  %8.0f DB queries/s%s%s\n",
+					name, now.Sub(begin).Seconds(), float64(ops-lastOps)/dt, float64(q-lastQ)/dt, win.label(now), label)
 				lastOps, lastQ, lastT = ops, q, now
 			}
 		}
@@ -273,32 +351,30 @@ func run(ctx context.Context, cfg config, w *world, name string, insts []instanc
 		deadline = begin.Add(cfg.duration)
 	}
 	stats, abandoned := drive(ctx, cfg, w, insts, driveOpts{deadline: deadline, ops: cfg.ops, done: &opsDone,
-		win: win, unblock: closer(sw), progress: progress})
+		win: win, partitioned: partitioned, unblock: unblock, progress: progress})
 	elapsed := time.Since(begin)
+	if cfg.ops <= 0 {
+		// A timed phase lasts -duration: the time spent waiting for the
+		// operations still running at its end (or for those abandoned) is
+		// not measured time.
+		elapsed = deadline.Sub(begin)
+	}
 	stopOutage()
 	close(stop)
 	pwg.Wait()
 
 	res := result{Strategy: name, Scenario: cfg.scenario, Seconds: elapsed.Seconds(), BucketMS: int(bucket / time.Millisecond),
-		Abandoned: abandoned}
-	var lat []time.Duration
-	var ws windowStats
-	for _, s := range stats {
-		s.mu.Lock()
-		res.Reads += s.reads
-		res.Writes += s.writes
-		res.Errors += s.errs
-		res.FailedReads += s.readErrs
-		res.FailedWrites += s.writeErrs
-		res.StaleReads += s.stale
-		lat = append(lat, s.lat...)
-		ws.merge(&s.win)
-		s.mu.Unlock()
-	}
+		Abandoned: abandoned, WarmupSeconds: warm.Seconds()}
+	all := summarize(stats, func(*workerStats) bool { return true })
+	res.Reads, res.Writes, res.Errors = all.reads, all.writes, all.errs
+	res.FailedReads, res.FailedWrites, res.StaleReads = all.readErrs, all.writeErrs, all.stale
 	res.Ops = res.Reads + res.Writes
 	res.OpsPerSec = float64(res.Ops) / elapsed.Seconds()
-	slices.Sort(lat)
-	res.P50us, res.P99us, res.P999us = pct(lat, 0.50), pct(lat, 0.99), pct(lat, 0.999)
+	if cfg.ops <= 0 {
+		res.OpsPerSec = float64(all.inWindow) / elapsed.Seconds()
+	}
+	res.P50us, res.P99us, res.P999us = pct(all.lat, 0.50), pct(all.lat, 0.99), pct(all.lat, 0.999)
+	res.WriteP50us, res.WriteP99us, res.WriteP999us = pct(all.wlat, 0.50), pct(all.wlat, 0.99), pct(all.wlat, 0.999)
 	res.DBQueries = w.repo.queries.Load() - startQ
 	if res.Ops > 0 {
 		res.DBPer1k = float64(res.DBQueries) * 1000 / float64(res.Ops)
@@ -310,9 +386,68 @@ func run(ctx context.Context, cfg config, w *world, name string, insts []instanc
 	}
 	res.DBPerSecond = w.repo.timeline(elapsed)
 	if win != nil {
-		res.Outage = ws.result(win, res.DBPerSecond, bucket)
+		res.Outage = all.win.result(win, res.DBPerSecond, bucket)
+	}
+	if partitioned > 0 {
+		res.Partition = &partitionResult{Instances: partitioned,
+			Partitioned: summarize(stats, func(s *workerStats) bool { return s.partitioned }).group(),
+			Healthy:     summarize(stats, func(s *workerStats) bool { return !s.partitioned }).group()}
 	}
 	return res
+}
+
+// summary is what the workers that keep pass counted, merged, with their
+// latencies sorted.
+type summary struct {
+	reads, writes, errs, stale int64
+	readErrs, writeErrs        int64
+	staleByPartitioned         int64
+	inWindow                   int64
+	lat, wlat                  []time.Duration
+	win                        windowStats
+}
+
+func summarize(stats []*workerStats, keep func(*workerStats) bool) summary {
+	var m summary
+	for _, s := range stats {
+		if !keep(s) {
+			continue
+		}
+		s.mu.Lock()
+		m.reads += s.reads
+		m.writes += s.writes
+		m.errs += s.errs
+		m.readErrs += s.readErrs
+		m.writeErrs += s.writeErrs
+		m.stale += s.stale
+		m.staleByPartitioned += s.staleByPartitioned
+		m.inWindow += s.inWindow
+		m.lat = append(m.lat, s.lat...)
+		m.wlat = append(m.wlat, s.wlat...)
+		m.win.merge(&s.win)
+		s.mu.Unlock()
+	}
+	slices.Sort(m.lat)
+	slices.Sort(m.wlat)
+	return m
+}
+
+// maxLocalWarmup bounds the warm-up that waits for local tiers to serve.
+const maxLocalWarmup = 30 * time.Second
+
+// servingReporter is an instance that can say whether its local tier
+// serves reads from memory; instances without one are taken as serving.
+type servingReporter interface {
+	serving() bool
+}
+
+func allServing(insts []instance) bool {
+	for _, in := range insts {
+		if s, ok := in.(servingReporter); ok && !s.serving() {
+			return false
+		}
+	}
+	return true
 }
 
 // closer returns a function that closes sw, or nil when there is no sw.
@@ -347,6 +482,9 @@ type driveOpts struct {
 	ops      int64         // when > 0, run this many operations instead
 	done     *atomic.Int64 // counts the operations started; may be nil
 	win      *window       // the outage window, or nil
+	// partitioned is how many instances, the first ones, are cut off from
+	// Redis (-partition): their workers' operations are told apart.
+	partitioned int
 	// unblock, if not nil, is called when operations are abandoned, to
 	// make them return (the outage scenario closes its proxy).
 	unblock  func()
@@ -378,7 +516,7 @@ func drive(ctx context.Context, cfg config, w *world, insts []instance, o driveO
 	stats := make([]*workerStats, cfg.concurrency)
 	var wg sync.WaitGroup
 	for i := range cfg.concurrency {
-		st := &workerStats{}
+		st := &workerStats{partitioned: i%len(insts) < o.partitioned, deadline: o.deadline}
 		stats[i] = st
 		wg.Add(1)
 		go func() {
@@ -386,13 +524,13 @@ func drive(ctx context.Context, cfg config, w *world, insts []instance, o driveO
 			inst := insts[i%len(insts)]
 			rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), uint64(i)))
 			zipf := rand.NewZipf(rng, cfg.zipf, 1, uint64(cfg.users-1))
-			for n := 0; !st.stopped.Load(); n++ {
+			for !st.stopped.Load() {
 				if o.ops > 0 {
 					if done.Add(1) > o.ops {
 						return
 					}
 				} else {
-					if n%16 == 0 && !time.Now().Before(o.deadline) {
+					if !time.Now().Before(o.deadline) { // every time: an operation may take seconds
 						return
 					}
 					done.Add(1)
@@ -460,31 +598,36 @@ func drive(ctx context.Context, cfg config, w *world, insts []instance, o driveO
 	return stats, abandoned
 }
 
+// write updates user id through inst. The database assigns the version
+// the write commits and inst's repository writes it back into the user's
+// name (see versionedRepo.UpdateUser); once the write is acknowledged, it
+// is the newest version a read that begins later may return.
 func write(ctx context.Context, w *world, inst instance, id int, st *workerStats) outcome {
 	t0 := time.Now()
-	st.begin(opWrite, t0) // before the lock: a worker waiting for it is busy too
-	w.locks[id].Lock()
-	defer w.locks[id].Unlock()
-	v := w.next[id] + 1
-	u := &cacheaside.User{ID: id, Name: userName(id, v), Email: userEmail(id)}
+	st.begin(opWrite, t0)
+	u := &cacheaside.User{ID: id, Name: "user " + strconv.Itoa(id) + " (version set by the database)", Email: userEmail(id)}
 	err := inst.Update(ctx, u)
 	out := outcome{kind: opWrite, start: t0, lat: time.Since(t0), err: err}
 	if err != nil {
 		return out
 	}
-	w.next[id] = v
-	w.acked[id].Store(v)
+	v := version(u)
+	if v < 1 {
+		out.err = fmt.Errorf("update of user %d acknowledged without the version the database assigned (name %q)", id, u.Name)
+		return out
+	}
+	w.ack(id, v, st.partitioned)
 	return out
 }
 
 func read(ctx context.Context, w *world, inst instance, id int, st *workerStats) outcome {
-	before := w.acked[id].Load()
+	before, byPartitioned := w.newest(id)
 	t0 := time.Now()
 	st.begin(opRead, t0)
 	u, err := inst.Get(ctx, id)
 	out := outcome{kind: opRead, start: t0, lat: time.Since(t0), err: err}
-	if err == nil {
-		out.stale = version(u) < before
+	if err == nil && version(u) < before {
+		out.stale, out.staleByPartitioned = true, byPartitioned
 	}
 	return out
 }
@@ -493,7 +636,6 @@ func read(ctx context.Context, w *world, inst instance, id int, st *workerStats)
 // and counts the queries, overall and per timeline bucket.
 type countingRepo struct {
 	inner   cacheaside.UserRepository
-	batch   cacheaside.BatchUserRepository
 	lat     latency
 	queries atomic.Int64
 	reads   atomic.Int64
@@ -504,8 +646,7 @@ type countingRepo struct {
 }
 
 func newCountingRepo(inner cacheaside.UserRepository, lat latency) *countingRepo {
-	b, _ := inner.(cacheaside.BatchUserRepository)
-	return &countingRepo{inner: inner, batch: b, lat: lat}
+	return &countingRepo{inner: inner, lat: lat}
 }
 
 func (r *countingRepo) startTimeline(t time.Time) {
@@ -548,12 +689,6 @@ func (r *countingRepo) GetUser(ctx context.Context, id int) (*cacheaside.User, e
 	r.count(true)
 	r.lat.sleep()
 	return r.inner.GetUser(ctx, id)
-}
-
-func (r *countingRepo) GetUsers(ctx context.Context, ids []int) ([]*cacheaside.User, error) {
-	r.count(true)
-	r.lat.sleep()
-	return r.batch.GetUsers(ctx, ids)
 }
 
 func (r *countingRepo) CreateUser(ctx context.Context, u *cacheaside.User) error {
