@@ -52,10 +52,12 @@ type busTransport interface {
 	// busExpiries returns the cache's time and when each member's lease
 	// runs out (the zero time for none).
 	busExpiries(ctx context.Context, members []string) (time.Time, []time.Time, error)
-	busAck(ctx context.Context, write, member string) error
-	// busAwaitAck returns the next member to acknowledge write, or "" if
+	// busAck records member's acknowledgement of each of writes, in one
+	// round trip.
+	busAck(ctx context.Context, writes []string, member string) error
+	// busAwaitAcks returns the next members to acknowledge write, none if
 	// none did within wait.
-	busAwaitAck(ctx context.Context, write string, wait time.Duration) (string, error)
+	busAwaitAcks(ctx context.Context, write string, wait time.Duration) ([]string, error)
 	busDropAcks(ctx context.Context, write string) error
 }
 
@@ -164,6 +166,10 @@ type bus struct {
 	quietAt int64      // when the last announcement that counted no members was sent; 0: it did count some, or failed
 	out     chan func(context.Context)
 
+	ackMu    sync.Mutex // protects acks
+	acks     []string   // writes to acknowledge
+	ackReady chan struct{}
+
 	mu    sync.Mutex  // serializes distrust, extend and expire; protects sub and timer
 	sub   uint64      // numbers the subscriptions: a renewal counts only for its own
 	timer *time.Timer // clears serving at validUntil
@@ -173,8 +179,9 @@ func newBus(t busTransport, strict bool, lease time.Duration, o options, m *coun
 	return &bus{
 		t: t, member: randomID(), lease: lease, margin: lease / 4,
 		strict: strict, timeout: o.cacheTimeout, log: o.logger, m: m, h: h,
-		out:   make(chan func(context.Context), 1024),
-		grace: cmp.Or(o.joinGrace, o.loadTimeout),
+		out:      make(chan func(context.Context), 1024),
+		ackReady: make(chan struct{}, 1),
+		grace:    cmp.Or(o.joinGrace, o.loadTimeout),
 	}
 }
 
@@ -215,7 +222,38 @@ func (b *bus) send(done <-chan struct{}) {
 			ctx, cancel := context.WithTimeout(context.Background(), b.timeout)
 			f(ctx)
 			cancel()
+		case <-b.ackReady:
+			b.sendAcks()
 		}
+	}
+}
+
+// queueAck queues this member's acknowledgement of write; the sender
+// sends every queued one in one round trip.
+func (b *bus) queueAck(write string) {
+	b.ackMu.Lock()
+	b.acks = append(b.acks, write)
+	b.ackMu.Unlock()
+	select {
+	case b.ackReady <- struct{}{}:
+	default: // the sender has been told already
+	}
+}
+
+// sendAcks sends the queued acknowledgements. Those that fail are not
+// retried: their writers stop waiting when this member's lease runs out.
+func (b *bus) sendAcks() {
+	b.ackMu.Lock()
+	writes := b.acks
+	b.acks = nil
+	b.ackMu.Unlock()
+	if len(writes) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), b.timeout)
+	defer cancel()
+	if b.t.busAck(ctx, writes, b.member) == nil {
+		b.m.busAcks.Add(int64(len(writes)))
 	}
 }
 
@@ -344,12 +382,7 @@ func (b *bus) serve(ctx context.Context, done <-chan struct{}, sub busSub) error
 			b.m.busInvalidations.Add(1)
 			b.h.invalidate(msg.key, msg.kind)
 			if b.strict {
-				write := msg.id
-				b.enqueue(done, func(ctx context.Context) {
-					if b.t.busAck(ctx, write, b.member) == nil {
-						b.m.busAcks.Add(1)
-					}
-				})
+				b.queueAck(msg.id)
 			}
 		}
 	}
@@ -470,10 +503,12 @@ func (b *bus) await(ctx context.Context, write string, pending map[string]time.T
 	for len(pending) > 0 && time.Now().Before(deadline) {
 		wait := min(b.lease/10, time.Until(deadline))
 		actx, cancel := context.WithTimeout(ctx, wait+b.timeout)
-		m, err := b.t.busAwaitAck(actx, write, wait)
+		ms, err := b.t.busAwaitAcks(actx, write, wait)
 		cancel()
-		if err == nil && m != "" {
-			delete(pending, m)
+		if err == nil && len(ms) > 0 {
+			for _, m := range ms {
+				delete(pending, m)
+			}
 			continue
 		}
 		// Nothing came: drop the members whose lease ran out.

@@ -180,7 +180,9 @@ func (s *UserService) write(ctx context.Context, op string, id func() int, do fu
 	w := writeOp{id: randomID()}
 	if before := id(); before > 0 { // a create with no ID yet has no entry to protect
 		key = userCacheKey(before)
-		w = s.users.beginWrite(ctx, key)
+		if w, err = s.users.beginWrite(ctx, key); err != nil {
+			return wrapErr(op, err)
+		}
 	}
 	err = do(wctx, s.db)
 	var seqs []int64

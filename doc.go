@@ -211,6 +211,19 @@
 // source within the load timeout (a marker expires after it, and a
 // member refuses to fill a prepared key for as long).
 //
+// Writers that cannot reach the bus. A write whose prepare cannot be
+// published (the cache failed, or this instance is cut off from it), from
+// an instance that counted members at its last announcement, fails with
+// [ErrCacheUnavailable] before it changes the source (counted in
+// WritesRefused): the members it cannot tell would go on serving the value
+// it replaced, and that is the one thing strict mode rules out. A fleet
+// without members (no local tiers) keeps writing through a cache outage
+// instead, as described under "When things fail".
+//
+// Acknowledgements travel in batches: a member queues one per message and
+// sends every queued one in one round trip; a writer takes all that have
+// arrived in one more.
+//
 // Invalidations that overtake a fill. A fill notes, when its read begins,
 // the key's stripe generation and the tier's epoch; every invalidation
 // bumps the generation and every emptying the epoch, under the stripe's

@@ -39,7 +39,8 @@ const maxStragglers = 1024
 
 // ErrCacheUnavailable reports a cache call that was not sent or not waited
 // for: the shard's circuit breaker was open, the call outlived its time
-// box, or too many calls already had.
+// box, or too many calls already had; and a write refused because, in a
+// fleet with local tiers, it could not tell them before changing the source.
 var ErrCacheUnavailable = errors.New("cacheaside: cache unavailable")
 
 // A Sharder is an optional interface of a CacheClient spread over servers

@@ -298,3 +298,57 @@ func TestLocalTier_RelaxedStalenessIsBounded(t *testing.T) {
 		require.Zero(t, w.svc.GetMetrics().WritesWaited)
 	})
 }
+
+// TestLocalTier_PartitionedWriterIsRefused: an instance cut off from Redis
+// cannot tell the members about a write, so it must not make it: the
+// write fails with ErrCacheUnavailable before it reaches the database, and
+// the members, which still hold the row in memory, hold the right one. A
+// writer without a local tier that has counted members is held to the
+// same rule. When the partition heals, writes go through again.
+func TestLocalTier_PartitionedWriterIsRefused(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts []UserOption
+	}{{"writer with a tier", nil}, {"writer without a tier", []UserOption{withoutLocalCache()}}} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := redisproc.Start(t, redisproc.Options{})
+			ctx := context.Background()
+			repo := newTestRepo()
+			u := seedUser(t, repo, "v0")
+			member, _ := proxiedInstance(t, srv.Addr(), repo)
+			writer, pw := proxiedInstance(t, srv.Addr(), repo, tc.opts...)
+			require.Eventually(t, func() bool { return member.GetMetrics().Membership == "serving" }, 10*time.Second, 5*time.Millisecond)
+			// A write while healthy: the writer counts the member.
+			require.NoError(t, writer.UpdateUser(ctx, &User{ID: u.ID, Name: "v1", Email: u.Email}))
+			for range 2 {
+				got, err := member.GetUser(ctx, u.ID)
+				require.NoError(t, err)
+				require.Equal(t, "v1", got.Name)
+			}
+			require.Positive(t, member.GetMetrics().LocalHits)
+
+			pw.Blackhole()
+			err := writer.UpdateUser(ctx, &User{ID: u.ID, Name: "v2", Email: u.Email})
+			require.ErrorIs(t, err, ErrCacheUnavailable)
+			row, rerr := repo.MemoryRepository.GetUser(ctx, u.ID)
+			require.NoError(t, rerr)
+			require.Equal(t, "v1", row.Name, "a refused write must not reach the database")
+			got, err := member.GetUser(ctx, u.ID)
+			require.NoError(t, err)
+			require.Equal(t, "v1", got.Name)
+			require.Equal(t, int64(1), writer.GetMetrics().WritesRefused)
+
+			require.NoError(t, pw.Pass())
+			require.Eventually(t, func() bool {
+				return writer.UpdateUser(ctx, &User{ID: u.ID, Name: "v3", Email: u.Email}) == nil
+			}, 10*time.Second, 50*time.Millisecond, "writes go through once the partition heals")
+			require.Eventually(t, func() bool {
+				got, err := member.GetUser(ctx, u.ID)
+				return err == nil && got.Name == "v3"
+			}, 5*time.Second, 5*time.Millisecond)
+		})
+	}
+}
+
+// withoutLocalCache turns the local tier off again.
+func withoutLocalCache() Option { return func(o *options) { o.local = 0 } }

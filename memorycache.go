@@ -221,13 +221,15 @@ func (m *MemoryCache) busExpiries(_ context.Context, members []string) (time.Tim
 	return now, exps, nil
 }
 
-func (m *MemoryCache) busAck(_ context.Context, write, member string) error {
-	m.bus.Ack(write, member)
+func (m *MemoryCache) busAck(_ context.Context, writes []string, member string) error {
+	for _, w := range writes {
+		m.bus.Ack(w, member)
+	}
 	return nil
 }
 
-func (m *MemoryCache) busAwaitAck(ctx context.Context, write string, wait time.Duration) (string, error) {
-	return m.bus.AwaitAck(ctx, write, wait)
+func (m *MemoryCache) busAwaitAcks(ctx context.Context, write string, wait time.Duration) ([]string, error) {
+	return m.bus.AwaitAcks(ctx, write, wait)
 }
 
 func (m *MemoryCache) busDropAcks(_ context.Context, write string) error {

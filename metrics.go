@@ -63,6 +63,10 @@ type ServiceMetrics struct {
 	// they waited for although its fill was refused: the holder hands what
 	// it read to the waiters that saw its lease.
 	LeaseHandoffs int64
+	// WritesRefused counts writes that failed before they changed the
+	// source because the local tiers' bus could not be told (see
+	// ErrCacheUnavailable).
+	WritesRefused int64
 	// EarlyRefreshes counts entries replaced by an early refresh before
 	// they expired (WithEarlyRefresh).
 	EarlyRefreshes int64
@@ -156,7 +160,7 @@ type counters struct {
 	dbErrs, decodeErrs, staleFills  atomic.Int64
 	leaseWaits, leaseTimeouts       atomic.Int64
 	rejoins, handoffs               atomic.Int64
-	earlyRefreshes                  atomic.Int64
+	earlyRefreshes, writesRefused   atomic.Int64
 	cacheTimeouts, cacheRejected    atomic.Int64
 	cacheBreakerOpens               atomic.Int64
 	repoBreakerOpens, repoRejected  atomic.Int64
@@ -210,6 +214,7 @@ func (c *counters) snapshot(size int64) ServiceMetrics {
 		Rejoins:                 c.rejoins.Load(),
 		LeaseHandoffs:           c.handoffs.Load(),
 		EarlyRefreshes:          c.earlyRefreshes.Load(),
+		WritesRefused:           c.writesRefused.Load(),
 		CacheTimeouts:           c.cacheTimeouts.Load(),
 		CacheCallsRejected:      c.cacheRejected.Load(),
 		CacheBreakerOpens:       c.cacheBreakerOpens.Load(),

@@ -274,18 +274,18 @@ func (r *RedisCache) busExpiries(ctx context.Context, members []string) (time.Ti
 	return r.c.Expiries(ctx, members)
 }
 
-func (r *RedisCache) busAck(ctx context.Context, write, member string) error {
+func (r *RedisCache) busAck(ctx context.Context, writes []string, member string) error {
 	if err := r.ready(); err != nil {
 		return err
 	}
-	return r.c.Ack(ctx, write, member)
+	return r.c.Ack(ctx, writes, member)
 }
 
-func (r *RedisCache) busAwaitAck(ctx context.Context, write string, wait time.Duration) (string, error) {
+func (r *RedisCache) busAwaitAcks(ctx context.Context, write string, wait time.Duration) ([]string, error) {
 	if err := r.ready(); err != nil {
-		return "", err
+		return nil, err
 	}
-	return r.c.AwaitAck(ctx, write, wait)
+	return r.c.AwaitAcks(ctx, write, wait)
 }
 
 func (r *RedisCache) busDropAcks(ctx context.Context, write string) error {

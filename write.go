@@ -2,7 +2,9 @@ package cacheaside
 
 import (
 	"bytes"
+	"cmp"
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"strconv"
 	"sync"
@@ -78,8 +80,11 @@ type writeAnnouncer interface {
 // beginWrite starts a write to key: this process's local tier drops the
 // key, a write-intent marker replaces its entry, and, with a strict bus,
 // every member is told and has dropped the key (or lost its lease) before
-// it returns. The write may then change the source.
-func (a *Aside[K, V]) beginWrite(ctx context.Context, key string) writeOp {
+// it returns. The write may then change the source, unless beginWrite
+// returned an error: in a fleet with strict members, a write that could
+// not tell them (the cache failed) must not change the source, or a member
+// would go on serving the value it replaced.
+func (a *Aside[K, V]) beginWrite(ctx context.Context, key string) (writeOp, error) {
 	w := writeOp{id: randomID()}
 	if a.tier != nil {
 		a.tier.invalidate(key, msgPrepare)
@@ -89,14 +94,14 @@ func (a *Aside[K, V]) beginWrite(ctx context.Context, key string) writeOp {
 		// The marker is there for the members' sake: in a fleet that has
 		// none, a write costs one round trip, after the source changed.
 		w.bare = true
-		return w
+		return w, nil
 	}
 	if !ok || a.g.leaser == nil || a.bus == nil || !a.bus.strict {
 		w.marker = a.placeIntent(ctx, key)
 		if a.bus != nil && a.bus.strict {
 			a.bus.announce(ctx, msgPrepare, w.id, key)
 		}
-		return w
+		return w, nil
 	}
 	marker := newWriteMarker()
 	msg := busMsg{kind: msgPrepare, id: w.id, key: key}.encode()
@@ -113,8 +118,26 @@ func (a *Aside[K, V]) beginWrite(ctx context.Context, key string) writeOp {
 	} else {
 		w.marker = a.placeIntent(ctx, key) // one more try
 	}
+	if err := cmp.Or(annErr, markErr); (annErr != nil || w.marker == nil) && a.bus.members.Load() {
+		a.refuseWrite(ctx, key, w)
+		return w, fmt.Errorf("%w: a write must reach the local tiers' bus before it changes the source: %w", ErrCacheUnavailable, err)
+	}
 	a.bus.settle(ctx, w.id, sent, members, annErr)
-	return w
+	return w, nil
+}
+
+// refuseWrite undoes what beginWrite did for a write that will not run:
+// this process's tier may fill key again, and the marker, if placed, goes
+// (it would expire anyway).
+func (a *Aside[K, V]) refuseWrite(ctx context.Context, key string, w writeOp) {
+	a.m.writesRefused.Add(1)
+	a.log.ErrorContext(ctx, "cacheaside: write refused: the local tiers could not be told", "key", key)
+	if a.tier != nil {
+		a.tier.invalidate(key, msgDone)
+	}
+	if w.marker != nil && a.g.clearer != nil {
+		_, _ = a.g.clearWrite(context.WithoutCancel(ctx), key, w.marker, nil)
+	}
 }
 
 // announced is what an announcement made inside a guarded call returned;
@@ -236,9 +259,11 @@ func (a *Aside[K, V]) tellDone(ctx context.Context, w, key string) {
 func (a *Aside[K, V]) Write(ctx context.Context, id K, write func(ctx context.Context) error, related ...string) error {
 	start := time.Now()
 	key := a.key(id)
-	w := a.beginWrite(ctx, key)
-	err := write(ctx)
-	_ = a.endWrite(ctx, key, w, related, nil) // counted, logged and retried
+	w, err := a.beginWrite(ctx, key)
+	if err == nil {
+		err = write(ctx)
+		_ = a.endWrite(ctx, key, w, related, nil) // counted, logged and retried
+	}
 	if a.recording {
 		res := ResultOK
 		if err != nil {

@@ -115,6 +115,7 @@
 //	cacheaside_cache_entries                    cacheaside.cache.entries             gauge    {entry}                       CacheSize (absent when the cache cannot count)
 //	cacheaside_stale_fills_skipped_total        cacheaside.stale_fills_skipped       counter  {fill}                        StaleFillsSkipped
 //	cacheaside_early_refreshes_total            cacheaside.early_refreshes           counter  {entry}                       EarlyRefreshes
+//	cacheaside_writes_refused_total             cacheaside.writes_refused            counter  {write}                       WritesRefused
 //	cacheaside_lease_waits_total                cacheaside.lease.waits               counter  {wait}                        LeaseWaits
 //	cacheaside_lease_wait_timeouts_total        cacheaside.lease.wait_timeouts       counter  {wait}                        LeaseWaitTimeouts
 //	cacheaside_lease_handoffs_total             cacheaside.lease.handoffs            counter  {wait}                        LeaseHandoffs

@@ -175,18 +175,27 @@ func (b *Bus) Ack(write, member string) {
 	}
 }
 
-// AwaitAck waits up to wait for the next acknowledgement of write and
-// returns its member, or "" when none came.
-func (b *Bus) AwaitAck(ctx context.Context, write string, wait time.Duration) (string, error) {
+// AwaitAcks waits up to wait for the next acknowledgements of write and
+// returns their members, none when none came.
+func (b *Bus) AwaitAcks(ctx context.Context, write string, wait time.Duration) ([]string, error) {
 	t := time.NewTimer(wait)
 	defer t.Stop()
+	ch := b.ackChan(write)
 	select {
-	case m := <-b.ackChan(write):
-		return m, nil
+	case m := <-ch:
+		got := []string{m}
+		for {
+			select {
+			case m := <-ch:
+				got = append(got, m)
+			default:
+				return got, nil
+			}
+		}
 	case <-t.C:
-		return "", nil
+		return nil, nil
 	case <-ctx.Done():
-		return "", ctx.Err()
+		return nil, ctx.Err()
 	}
 }
 

@@ -114,23 +114,41 @@ func (c *Cache) Expiries(ctx context.Context, ids []string) (time.Time, []time.T
 // ackTTL bounds how long an acknowledgement list outlives its write.
 const ackTTL = time.Minute
 
-// Ack records that member acknowledged write.
-func (c *Cache) Ack(ctx context.Context, write, member string) error {
-	key := c.ackKey(write)
-	_, err := c.c.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.RPush(ctx, key, member)
-		p.PExpire(ctx, key, ackTTL)
+// Ack records that member acknowledged each of writes, in one round trip.
+func (c *Cache) Ack(ctx context.Context, writes []string, member string) error {
+	_, err := c.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, w := range writes {
+			key := c.ackKey(w)
+			p.RPush(ctx, key, member)
+			p.PExpire(ctx, key, ackTTL)
+		}
 		return nil
 	})
 	return err
 }
 
-// AwaitAck waits up to wait for the next acknowledgement of write and
+// AwaitAcks waits up to wait for the next acknowledgements of write and
+// returns the members that sent them, none when none came: the first by a
+// blocking pop, the others that arrived with it by one more (LPOP with a
+// count, Redis 6.2 and later).
+func (c *Cache) AwaitAcks(ctx context.Context, write string, wait time.Duration) ([]string, error) {
+	first, err := c.awaitAck(ctx, write, wait)
+	if err != nil || first == "" {
+		return nil, err
+	}
+	more, err := c.c.LPopCount(ctx, c.ackKey(write), 64).Result()
+	if err != nil { // empty, or a server before 6.2: the loop asks again
+		more = nil
+	}
+	return append([]string{first}, more...), nil
+}
+
+// awaitAck waits up to wait for the next acknowledgement of write and
 // returns the member that sent it, or "" when none came.
 //
 // The timeout goes to the server in fractional seconds (Redis 6 and
 // later), which go-redis's BLPop would round up to a whole second.
-func (c *Cache) AwaitAck(ctx context.Context, write string, wait time.Duration) (string, error) {
+func (c *Cache) awaitAck(ctx context.Context, write string, wait time.Duration) (string, error) {
 	secs := strconv.FormatFloat(max(wait, time.Millisecond).Seconds(), 'f', 3, 64)
 	res, err := c.c.Do(ctx, "BLPOP", c.ackKey(write), secs).StringSlice()
 	if err != nil && !errors.Is(err, redis.Nil) && strings.Contains(err.Error(), "timeout is not") {
