@@ -36,6 +36,7 @@ type Aside[K comparable, V any] struct {
 	sizer Sizer        // nil when the cache does not implement it
 	rb    *repoBreaker // every repository read goes through it
 
+	name     string // the namespace, for the names of locks
 	key      func(K) string
 	load     LoadFunc[K, V]
 	loadMany func(ctx context.Context, ids []K) ([]*V, error) // nil: load one by one
@@ -48,8 +49,9 @@ type Aside[K comparable, V any] struct {
 	log       *slog.Logger
 	recording bool // o.recorder is not the no-op one
 
-	bus  *bus     // nil unless the cache carries the invalidation bus
-	tier *tier[V] // nil without WithLocalCache
+	bus   *bus      // nil unless the cache carries the invalidation bus
+	adapt *adaptive // nil without WithAdaptiveTTL
+	tier  *tier[V]  // nil without WithLocalCache
 
 	sf         singleflight.Group
 	refreshing sync.Map     // keys with an early refresh in flight
@@ -79,6 +81,7 @@ func NewAside[K comparable, V any](cache CacheClient, namespace string, load Loa
 	checkNamespace(namespace)
 	prefix := namespace + ":"
 	a := newAside(cache, func(id K) string { return prefix + formatID(id) }, load, ErrNotFound, newOptions(DefaultTTL, opts))
+	a.name = namespace
 	a.useIntKeys(prefix)
 	a.start()
 	return a
@@ -101,6 +104,9 @@ func newAside[K comparable, V any](cache CacheClient, key func(K) string, load L
 	a.rb = newRepoBreaker(o, &a.m)
 	a.sizer, _ = cache.(Sizer)
 	a.gens.init()
+	if o.adaptMax > 0 {
+		a.adapt = newAdaptive(o.adaptMin, o.adaptMax)
+	}
 	if t, ok := cache.(busTransport); ok {
 		a.bus = newBus(t, !o.relaxed, o.localLease, o, &a.m, nil)
 	}
@@ -183,6 +189,9 @@ func (a *Aside[K, V]) Get(ctx context.Context, id K) (*V, error) {
 		}
 	}
 	key := a.key(id)
+	if a.adapt != nil {
+		a.adapt.reads.add(key)
+	}
 	start := time.Now()
 	v, res, err := a.get(ctx, id, key)
 	d := time.Since(start)
@@ -273,6 +282,9 @@ func (a *Aside[K, V]) invalidate(ctx context.Context, key string, related []stri
 // invalidateAs is invalidate for the write w, which it names on the bus.
 func (a *Aside[K, V]) invalidateAs(ctx context.Context, w, key string, related []string, seqs []int64) error {
 	a.gens.bump(key)
+	if a.adapt != nil {
+		a.adapt.writes.add(key)
+	}
 	keys := append([]string{key}, a.deletable(ctx, related)...)
 	failed, err := a.g.del(context.WithoutCancel(ctx), keys)
 	err = a.afterDelete(ctx, key, seqs, failed, err)

@@ -42,6 +42,9 @@ func (a *Aside[K, V]) GetMany(ctx context.Context, ids []K) ([]*V, error) {
 	}
 	for i, id := range uniq {
 		b.keys[i] = a.key(id)
+		if a.adapt != nil {
+			a.adapt.reads.add(b.keys[i])
+		}
 	}
 	a.m.requests.Add(int64(len(uniq)))
 	if a.tier != nil {

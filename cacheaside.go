@@ -43,6 +43,7 @@ func NewUserService(db UserRepository, cache CacheClient, opts ...UserOption) *U
 		load = db.GetUser
 	}
 	a := newAside(cache, userCacheKey, load, ErrUserNotFound, uo.options)
+	a.name = "user"
 	a.shallow = true // User holds no slices or maps: a value copy is a deep copy
 	a.idOf = func(u *User) int { return u.ID }
 	a.useIntKeys(userKeyPrefix)
@@ -201,6 +202,25 @@ func (s *UserService) write(ctx context.Context, op string, id func() int, do fu
 		return wrapErr(op, err)
 	}
 	return nil
+}
+
+// Warm loads the users with the given IDs into the cache ahead of reads:
+// in batches of DefaultWarmBatch, each with one repository query (with a
+// BatchUserRepository) and one cache round trip to place leases and one
+// to fill, WithBatchConcurrency batches at a time, one instance of the
+// fleet at a time (see Aside.Warm). Users already cached are left alone,
+// and a warm never overwrites a write made meanwhile. Progress is logged
+// about once a second. It returns nil when every ID was dealt with, and
+// otherwise a *WarmError with the counts; an invalid ID is an error
+// wrapping ErrInvalidUser, before anything is read.
+func (s *UserService) Warm(ctx context.Context, userIDs []int) error {
+	for _, id := range userIDs {
+		if err := validateID(id); err != nil {
+			return wrapErr("warm", err)
+		}
+	}
+	_, err := s.users.Warm(ctx, userIDs)
+	return err
 }
 
 // Close stops the service's background work: the retries of

@@ -44,8 +44,10 @@
 // reading the repository too; so a cold key under load costs one repository
 // read per fleet. If the holder fails it releases its lease at once; if it
 // dies, the lease expires and the next caller takes the key over. A load
-// that has waited [WithLeaseWait] reads the repository itself and returns
-// what it read without filling.
+// that has waited [WithLeaseWait] for one holder takes the key over from
+// it: its lease replaces the holder's, which refuses the holder's fill. (It
+// does not read the repository beside the lease: the holder's fill of an
+// older read could land after it returned a newer row.)
 //
 // A write that finds a lease (over the built-in caches) does not delete it
 // but refuses it: the key holds the lease's refused form for the rest of

@@ -80,7 +80,7 @@ func (a *Aside[K, V]) loadInto(ctx context.Context, id K, f fill, r *result[V]) 
 // the write was sent, when the value stops being fresh, and whether it was
 // stored.
 func (a *Aside[K, V]) storeValue(ctx context.Context, f fill, v *V) (at, exp time.Time, ok bool) {
-	ttl := a.jitter(a.o.ttl)
+	ttl := a.jitter(a.ttlFor(f.key))
 	exp = a.now().Add(ttl)
 	raw, err := a.encode(f.key, v, ttl, f.delta)
 	if err == nil && len(raw) > a.o.maxValueSize {

@@ -176,8 +176,8 @@ type ticket struct {
 	done   func(error)
 }
 
-// enter asks the shard's breaker for a call.
-func (g *guard) enter(ctx context.Context, shard string) (ticket, error) {
+// enter asks the shard's breaker for a call, time-boxed to box.
+func (g *guard) enter(ctx context.Context, shard string, box time.Duration) (ticket, error) {
 	done, err := g.breaker(shard).Allow()
 	if err != nil {
 		g.m.cacheRejected.Add(1)
@@ -190,7 +190,7 @@ func (g *guard) enter(ctx context.Context, shard string) (ticket, error) {
 	}
 	t := ticket{ctx: ctx, cancel: func() {}, done: done}
 	if !g.inProc {
-		t.ctx, t.cancel = context.WithTimeout(ctx, g.timeout)
+		t.ctx, t.cancel = context.WithTimeout(ctx, box)
 	}
 	return t, nil
 }
@@ -217,7 +217,13 @@ func (g *guard) direct() bool { return g.inProc || g.inline }
 // running: the caller must not read what op writes, except under a lock
 // that op holds too.
 func (g *guard) do(ctx context.Context, shard string, op func(ctx context.Context) error) error {
-	t, err := g.enter(ctx, shard)
+	return g.doWithin(ctx, shard, g.timeout, op)
+}
+
+// doWithin is do with a time box of its own, for the rare calls that may
+// take longer than a read should wait.
+func (g *guard) doWithin(ctx context.Context, shard string, box time.Duration, op func(ctx context.Context) error) error {
+	t, err := g.enter(ctx, shard, box)
 	if err != nil {
 		return err
 	}
@@ -288,7 +294,7 @@ const (
 func (g *guard) get(ctx context.Context, key string) (json.RawMessage, error) {
 	var raw json.RawMessage
 	if g.direct() { // the hit path: no closure, no hand-off
-		t, err := g.enter(ctx, g.shard(key))
+		t, err := g.enter(ctx, g.shard(key), g.timeout)
 		if err != nil {
 			return nil, err
 		}

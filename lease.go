@@ -59,13 +59,36 @@ func refusedOf(lease []byte) []byte {
 }
 
 // newLease returns a lease with a fresh random token of 126 bits, from
-// math/rand/v2's ChaCha8 source: tokens need to be unique, not secret.
+// math/rand/v2's ChaCha8 source (tokens need to be unique, not secret),
+// and when it was made (Unix microseconds, base 36), which tells a waiter
+// how long its holder has been loading.
 func newLease() []byte {
-	b := make([]byte, 0, len(leasePrefix)+33)
+	b := make([]byte, 0, len(leasePrefix)+45)
 	b = append(b, leasePrefix...)
 	b = strconv.AppendUint(b, rand.Uint64()|1<<63, 16)
 	b = strconv.AppendUint(b, rand.Uint64()|1<<63, 16)
+	b = append(b, '@')
+	b = strconv.AppendInt(b, time.Now().UnixMicro(), 36)
 	return append(b, '"')
+}
+
+// leaseAge returns how long ago lease was made, by this machine's clock,
+// or false for a lease that does not say (made by another version) or
+// says nonsense.
+func leaseAge(lease []byte, now time.Time) (time.Duration, bool) {
+	i := bytes.LastIndexByte(lease, '@')
+	if i < 0 || len(lease) < i+3 {
+		return 0, false
+	}
+	us, err := strconv.ParseInt(string(lease[i+1:len(lease)-1]), 36, 64)
+	if err != nil {
+		return 0, false
+	}
+	age := now.Sub(time.UnixMicro(us))
+	if age < 0 || age > time.Minute { // clocks apart: ignore it
+		return 0, false
+	}
+	return age, true
 }
 
 // leaseOutcome is what an attempt to place a lease found.
@@ -157,9 +180,10 @@ func (a *Aside[K, V]) leaseLoad(ctx context.Context, id K, f fill, r *result[V])
 	deadline := time.Now().Add(a.o.leaseWait)
 	backoff := leaseBackoffMin
 	waited := false
-	var seen []byte     // the foreign lease the backoff has grown on
-	var sawAt time.Time // when the last look that found seen itself was sent
-	pinned := false     // seen was refused: its holder will hand its value over
+	var seen []byte         // the foreign lease the backoff has grown on
+	var sawAt time.Time     // when the last look that found seen itself was sent
+	pinned := false         // seen was refused: its holder will hand its value over
+	var first time.Duration // how long seen's holder should still take, if known
 	for {
 		at := time.Now()
 		t := a.takeLease(ctx, id, f.key, lease, seen)
@@ -217,8 +241,10 @@ func (a *Aside[K, V]) leaseLoad(ctx context.Context, id K, f fill, r *result[V])
 			// its value is owed to this caller: keep waiting for it too.
 		case !bytes.Equal(t.held, seen):
 			// A new holder: the key made progress (a fill, or a delete that
-			// beat it), so poll at the start of the backoff again.
+			// beat it), so poll at the start of the backoff again, or
+			// when its load should end, if that is later.
 			seen, sawAt, backoff, pinned = t.held, at, leaseBackoffMin, false
+			first = a.expectedLoadLeft(seen)
 		default:
 			sawAt = at
 		}
@@ -228,12 +254,36 @@ func (a *Aside[K, V]) leaseLoad(ctx context.Context, id K, f fill, r *result[V])
 		}
 		left := time.Until(deadline)
 		if left <= 0 {
+			// The holder is slow: take the key over. Reading the source
+			// beside its lease would not do: the holder's fill of an older
+			// read could land after this caller returned a newer row.
 			a.m.leaseTimeouts.Add(1)
-			a.log.WarnContext(ctx, "cacheaside: gave up waiting for another caller's lease; loading without filling", "key", f.key)
-			a.loadInto(ctx, id, f, r)
-			return
+			cur := seen
+			if pinned {
+				cur = refusedOf(seen)
+			}
+			ok, err := a.g.cas(ctx, f.key, cur, lease, a.o.leaseTTL)
+			switch {
+			case err != nil:
+				a.cacheFailed(ctx, f.key, err)
+				a.loadInto(ctx, id, f, r)
+				return
+			case ok:
+				a.log.WarnContext(ctx, "cacheaside: took a key over from a lease holder slower than WithLeaseWait", "key", f.key)
+				f.mode, f.expect = fillSwap, lease
+				a.loadInto(ctx, id, f, r)
+				return
+			}
+			deadline = time.Now().Add(a.o.leaseWait) // the key moved on: wait for it again
+			seen, pinned = nil, false
+			continue
 		}
-		t2 := time.NewTimer(min(backoff/2+rand.N(backoff), left))
+		wait := backoff/2 + rand.N(backoff)
+		if first > wait {
+			wait = first + rand.N(backoff/2)
+		}
+		first = 0
+		t2 := time.NewTimer(min(wait, left))
 		select {
 		case <-ctx.Done():
 			t2.Stop()
@@ -243,6 +293,20 @@ func (a *Aside[K, V]) leaseLoad(ctx context.Context, id K, f fill, r *result[V])
 		}
 		backoff = min(backoff*3/2, leaseBackoffMax)
 	}
+}
+
+// expectedLoadLeft estimates how long the holder of lease has left to
+// load: this process's mean load time less the lease's age, or zero.
+func (a *Aside[K, V]) expectedLoadLeft(lease []byte) time.Duration {
+	n := a.m.loads.Load()
+	if n == 0 {
+		return 0
+	}
+	age, ok := leaseAge(lease, time.Now())
+	if !ok {
+		return 0
+	}
+	return max(time.Duration(a.m.loadNanos.Load()/n)-age, 0)
 }
 
 // release gives up a load's own lease after a failed read, on a short

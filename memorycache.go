@@ -317,3 +317,27 @@ func (m *MemoryCache) dropRefresh(ctx context.Context, key string, token []byte)
 	m.c.CompareAndSwap("cacheaside:refresh:"+key, token, nil, 0)
 	return nil
 }
+
+// setNXMany places leases on many keys (see batchLeaser).
+func (m *MemoryCache) setNXMany(ctx context.Context, keys []string, leases [][]byte, ttl time.Duration) ([][]byte, []error, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
+	held := make([][]byte, len(keys))
+	for i, k := range keys {
+		held[i], _ = m.c.SetNX(k, leases[i], ttl, markerPrefix)
+	}
+	return held, make([]error, len(keys)), nil
+}
+
+// fillLeaseMany fills many keys under their leases (see batchLeaser).
+func (m *MemoryCache) fillLeaseMany(ctx context.Context, keys []string, leases, vals [][]byte, ttls []time.Duration, hold time.Duration) ([]bool, []error, error) {
+	ok := make([]bool, len(keys))
+	for i, k := range keys {
+		var err error
+		if ok[i], err = m.fillLease(ctx, k, leases[i], vals[i], ttls[i], hold); err != nil {
+			return nil, nil, err
+		}
+	}
+	return ok, make([]error, len(keys)), nil
+}

@@ -84,6 +84,8 @@ type options struct {
 
 	recorder  Recorder // nil: none
 	earlyBeta float64  // XFetch's beta; 0: no early refresh
+
+	adaptMin, adaptMax time.Duration // WithAdaptiveTTL's range; 0: fixed TTL
 }
 
 // breakerOptions configure a circuit breaker.
@@ -201,15 +203,29 @@ func WithLeaseTTL(d time.Duration) Option {
 }
 
 // WithLeaseWait bounds how long a load waits for another caller's lease on
-// the same key to turn into a value. After it, the load reads the source
-// itself and returns what it read without filling the cache. Zero makes
-// loads never wait (each reads the source at once, still without filling);
-// the default is DefaultLeaseWait. It panics if d is negative.
+// the same key to turn into a value. After it, the load takes the key over:
+// its own lease replaces the slow holder's (whose fill is then refused, and
+// handed to its waiters), and it loads and fills as a holder. Zero makes
+// loads never wait (each takes the key over at once); the default is
+// DefaultLeaseWait. It panics if d is negative.
 func WithLeaseWait(d time.Duration) Option {
 	if d < 0 {
 		badOption("WithLeaseWait", d, "the wait must be zero or positive")
 	}
 	return func(o *options) { o.leaseWait = d }
+}
+
+// WithAdaptiveTTL gives each entry a TTL between min and max by how its
+// key is used (see adaptive.go): up to max for a key read often and
+// written rarely, close to min for one written about as often as it is
+// read, max for a key not seen before. It replaces the fixed TTL (WithTTL,
+// or the service's default); the TTL is still jittered. It panics unless
+// 0 < min <= max.
+func WithAdaptiveTTL(min, max time.Duration) Option {
+	if min <= 0 || max < min {
+		badOption("WithAdaptiveTTL", fmt.Sprintf("%v, %v", min, max), "want 0 < min <= max")
+	}
+	return func(o *options) { o.adaptMin, o.adaptMax = min, max }
 }
 
 // WithEarlyRefresh refreshes entries before they expire, by the XFetch

@@ -68,6 +68,11 @@ func TestOptions_BadValuesPanic(t *testing.T) {
 		{"WithLeaseWait", func() { WithLeaseWait(-time.Millisecond) }},
 		{"WithLogger", func() { WithLogger(nil) }},
 		{"WithRecorder", func() { WithRecorder(nil) }},
+		{"WithAdaptiveTTL", func() { WithAdaptiveTTL(0, time.Minute) }},
+		{"WithAdaptiveTTL", func() { WithAdaptiveTTL(time.Minute, time.Second) }},
+		{"WithEarlyRefresh", func() { WithEarlyRefresh(0) }},
+		{"WithEarlyRefresh", func() { WithEarlyRefresh(math.Inf(1)) }},
+		{"WithEarlyRefresh", func() { WithEarlyRefresh(math.NaN()) }},
 		{"WithClock", func() { WithClock(nil) }},
 	}
 	for _, tt := range tests {

@@ -58,7 +58,9 @@ func TestOutbox_DrainRecoversACrashedWriter(t *testing.T) {
 	forEachSQLBackend(t, func(t *testing.T, b sqlBackend) {
 		ctx := context.Background()
 		cache := miniredisBackend(t).cache
-		svc := NewUserService(b.repo, cache, WithOutboxDrain(time.Second))
+		// Records are drained once older than the interval: 3 s leaves the
+		// test time to look at the cache before the drain, on a busy machine.
+		svc := NewUserService(b.repo, cache, WithOutboxDrain(3*time.Second))
 		defer svc.Close()
 		u := &User{Name: "old", Email: "u@example.com"}
 		require.NoError(t, svc.CreateUser(ctx, u))

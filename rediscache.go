@@ -378,3 +378,29 @@ func (r *RedisCache) dropRefresh(ctx context.Context, key string, token []byte) 
 	}
 	return nil
 }
+
+// setNXMany places leases on many keys in one round trip (see
+// batchLeaser).
+func (r *RedisCache) setNXMany(ctx context.Context, keys []string, leases [][]byte, ttl time.Duration) ([][]byte, []error, error) {
+	if err := r.ready(); err != nil {
+		return nil, nil, err
+	}
+	held, errs, err := r.c.SetNXMany(ctx, keys, leases, ttl, markerPrefix)
+	if err != nil {
+		return nil, nil, wrapErr("redis leases", err)
+	}
+	return held, errs, nil
+}
+
+// fillLeaseMany fills many keys under their leases in one round trip (see
+// batchLeaser).
+func (r *RedisCache) fillLeaseMany(ctx context.Context, keys []string, leases, vals [][]byte, ttls []time.Duration, hold time.Duration) ([]bool, []error, error) {
+	if err := r.ready(); err != nil {
+		return nil, nil, err
+	}
+	ok, errs, err := r.c.FillLeaseMany(ctx, keys, leases, vals, ttls, hold)
+	if err != nil {
+		return nil, nil, wrapErr("redis lease fills", err)
+	}
+	return ok, errs, nil
+}

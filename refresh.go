@@ -127,7 +127,7 @@ func (a *Aside[K, V]) refresh(ctx context.Context, id K, key string, raw json.Ra
 	var ttl time.Duration
 	switch {
 	case err == nil && v != nil:
-		ttl = a.jitter(a.o.ttl)
+		ttl = a.jitter(a.ttlFor(key))
 		next, err = a.encode(key, v, ttl, f.delta)
 		if err != nil || len(next) > a.o.maxValueSize {
 			return

@@ -78,7 +78,7 @@ func (a *Aside[K, V]) loadShared(ctx context.Context, id K, key string, useCache
 		if !leader && !start.Before(r.fresh) && (r.err == nil || errors.Is(r.err, a.notFound)) {
 			a.m.rejoins.Add(1)
 			if attempt == maxRejoins {
-				return a.loadAlone(ctx, id, key, old)
+				return a.loadAlone(ctx, id, key, useCache, old)
 			}
 			if useCache {
 				at := time.Now()
@@ -115,14 +115,21 @@ func (a *Aside[K, V]) loadShared(ctx context.Context, id K, key string, useCache
 	}
 }
 
-// loadAlone reads the source for one caller, on its own context, and leaves
-// the cache alone.
-func (a *Aside[K, V]) loadAlone(ctx context.Context, id K, key string, old stale[V]) (*V, Result, error) {
+// loadAlone loads key for one caller, on its own context, outside single
+// flight: through the lease protocol when the cache may be used (a read of
+// the source beside it could return a row that a holder's older read is
+// about to put back in the cache), straight from the source otherwise.
+func (a *Aside[K, V]) loadAlone(ctx context.Context, id K, key string, useCache bool, old stale[V]) (*V, Result, error) {
 	a.m.misses.Add(1)
 	r := &result[V]{stale: old}
 	ctx, cancel := context.WithTimeout(ctx, a.o.loadTimeout)
 	defer cancel()
-	a.loadInto(ctx, id, fill{key: key}, r)
+	if useCache && a.g.leaser != nil {
+		s, gen := a.gens.of(key)
+		a.leaseLoad(ctx, id, fill{key: key, s: s, gen: gen}, r)
+	} else {
+		a.loadInto(ctx, id, fill{key: key}, r)
+	}
 	if r.err != nil {
 		return nil, ResultMiss, r.err
 	}

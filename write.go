@@ -107,7 +107,13 @@ func (a *Aside[K, V]) beginWrite(ctx context.Context, key string) (writeOp, erro
 	msg := busMsg{kind: msgPrepare, id: w.id, key: key}.encode()
 	var res announced
 	sent := mono()
-	markErr := a.g.do(context.WithoutCancel(ctx), a.g.shard(key), func(ctx context.Context) error {
+	// A write that cannot announce itself to the members it knows of
+	// fails, so it is given up to a lease, not a read's time box, first.
+	box := a.o.cacheTimeout
+	if a.bus.members.Load() {
+		box = max(box, a.bus.lease)
+	}
+	markErr := a.g.doWithin(context.WithoutCancel(ctx), a.g.shard(key), box, func(ctx context.Context) error {
 		markErr, members, annErr := wa.beginWriteAnnounced(ctx, key, marker, a.o.loadTimeout, msg)
 		res.set(members, annErr)
 		return markErr
@@ -196,6 +202,9 @@ func (a *Aside[K, V]) endWrite(ctx context.Context, key string, w writeOp, relat
 		return a.invalidateAs(ctx, w.id, key, related, seqs)
 	}
 	a.gens.bump(key)
+	if a.adapt != nil {
+		a.adapt.writes.add(key)
+	}
 	keys := a.deletable(ctx, related)
 	wa, ok := a.g.c.(writeAnnouncer)
 	if !ok || a.bus == nil {

@@ -46,9 +46,9 @@ return 1`)
 // SetNX stores b under key for ttl if key is empty and returns nil and
 // true; otherwise it returns what key holds and false. A value that starts
 // with leasePrefix and has no expiry, and a key of another type, count as
-// empty. One round trip: on Redis 7 and later, the native SET NX GET PX
-// with a PTTL in the same pipeline, and the script only when what they
-// find needs it; before 7.0, which refuses NX with GET, the script.
+// empty. On Redis 7 and later, the native SET NX GET PX, and the script
+// as well when it finds a marker (whose expiry only the script reads) or a
+// key of another type; before 7.0, which refuses NX with GET, the script.
 func (c *Cache) SetNX(ctx context.Context, key string, b []byte, ttl time.Duration, leasePrefix string) ([]byte, bool, error) {
 	if !c.noSetNXGet.Load() {
 		held, set, err := c.setNXGet(ctx, key, b, ttl, leasePrefix)
@@ -64,14 +64,7 @@ func (c *Cache) SetNX(ctx context.Context, key string, b []byte, ttl time.Durati
 var errUseScript = errors.New("use the script")
 
 func (c *Cache) setNXGet(ctx context.Context, key string, b []byte, ttl time.Duration, leasePrefix string) ([]byte, bool, error) {
-	var set *redis.Cmd
-	var pttl *redis.DurationCmd
-	_, _ = c.c.Pipelined(ctx, func(p redis.Pipeliner) error {
-		set = p.Do(ctx, "set", c.prefix+key, b, "nx", "get", "px", ms(ttl))
-		pttl = p.PTTL(ctx, c.prefix+key)
-		return nil
-	})
-	text, err := set.Text()
+	text, err := c.c.Do(ctx, "set", c.prefix+key, b, "nx", "get", "px", ms(ttl)).Text()
 	held := []byte(text)
 	switch {
 	case errors.Is(err, redis.Nil):
@@ -84,8 +77,10 @@ func (c *Cache) setNXGet(ctx context.Context, key string, b []byte, ttl time.Dur
 	case err != nil:
 		return nil, false, err
 	}
-	if d, _ := pttl.Result(); d == -1 && strings.HasPrefix(string(held), leasePrefix) {
-		return nil, false, errUseScript // a marker without an expiry counts as empty
+	if strings.HasPrefix(text, leasePrefix) {
+		// A marker: only the script tells one without an expiry, which
+		// counts as empty. A second round trip, for waiters only.
+		return nil, false, errUseScript
 	}
 	return held, false, nil
 }
@@ -203,11 +198,11 @@ local t = redis.call('TYPE', KEYS[1])['ok']
 local v = false
 if t == 'string' then
   v = redis.call('GET', KEYS[1])
-  if v == ARGV[1] then return {0, v} end
   local refused = string.sub(v, 1, string.len(ARGV[6])) == ARGV[6]
   local held = refused or string.sub(v, 1, string.len(ARGV[4])) == ARGV[4] or string.sub(v, 1, string.len(ARGV[5])) == ARGV[5]
   if not held then return {0, v} end
   if redis.call('PTTL', KEYS[1]) < 0 then v = false end
+  if v == ARGV[1] then return {0, v} end
   if v and refused and v ~= ARGV[6] .. string.sub(ARGV[1], string.len(ARGV[4]) + 1) then v = false end
 end
 local h = redis.call('GET', KEYS[2])
@@ -307,4 +302,98 @@ func (c *Cache) PollLease(ctx context.Context, key string, seen, mine []byte, tt
 		return nil, b, nil
 	}
 	return nil, nil, nil
+}
+
+// SetNXMany is SetNX (by the script) for each key, in one pipeline: held[i]
+// is nil where vals[i] was placed, and what keys[i] holds otherwise. A key
+// whose command failed gets a non-nil errs[i].
+func (c *Cache) SetNXMany(ctx context.Context, keys []string, vals [][]byte, ttl time.Duration, leasePrefix string) (held [][]byte, errs []error, err error) {
+	cmds, err := c.pipelineScript(ctx, len(keys), func(p redis.Pipeliner, i int) *redis.Cmd {
+		return setNX.EvalSha(ctx, p, []string{c.prefix + keys[i]}, vals[i], ms(ttl), leasePrefix)
+	}, setNX)
+	if err != nil {
+		return nil, nil, err
+	}
+	held, errs = make([][]byte, len(keys)), make([]error, len(keys))
+	for i, cmd := range cmds {
+		v, err := cmd.Text()
+		switch {
+		case errors.Is(err, redis.Nil):
+		case err != nil:
+			errs[i] = err
+		default:
+			held[i] = []byte(v)
+		}
+	}
+	return held, errs, nil
+}
+
+// FillLeaseMany is FillLease for each key, in one pipeline: ok[i] reports
+// whether keys[i] was filled, errs[i] what failed.
+func (c *Cache) FillLeaseMany(ctx context.Context, keys []string, leases, vals [][]byte, ttls []time.Duration, hold time.Duration) (ok []bool, errs []error, err error) {
+	cmds, err := c.pipelineScript(ctx, len(keys), func(p redis.Pipeliner, i int) *redis.Cmd {
+		hk, named := c.HandoffKey(keys[i], leases[i])
+		if !named {
+			return compareAndSwap.EvalSha(ctx, p, []string{c.prefix + keys[i]}, leases[i], vals[i], ms(ttls[i]), "set")
+		}
+		return fillLease.EvalSha(ctx, p, []string{c.prefix + keys[i], hk}, leases[i], vals[i], ms(ttls[i]), ms(hold))
+	}, fillLease, compareAndSwap)
+	if err != nil {
+		return nil, nil, err
+	}
+	ok, errs = make([]bool, len(keys)), make([]error, len(keys))
+	for i, cmd := range cmds {
+		n, err := cmd.Int()
+		ok[i], errs[i] = n == 1, err
+	}
+	return ok, errs, nil
+}
+
+// pipelineScript sends n EVALSHA commands, built by cmd, in one pipeline.
+// The commands the server refused because it did not know their script
+// (it restarted, or never saw it) are sent again, once, after the scripts
+// are loaded: only those, since the others ran. It fails only when no
+// command got an answer.
+func (c *Cache) pipelineScript(ctx context.Context, n int, cmd func(p redis.Pipeliner, i int) *redis.Cmd, scripts ...*redis.Script) ([]*redis.Cmd, error) {
+	cmds := make([]*redis.Cmd, n)
+	send := func(idx []int) error {
+		_, err := c.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for _, i := range idx {
+				cmds[i] = cmd(p, i)
+			}
+			return nil
+		})
+		if errors.Is(err, redis.Nil) { // a command's empty reply, not a failure
+			err = nil
+		}
+		return err
+	}
+	all := make([]int, n)
+	for i := range all {
+		all[i] = i
+	}
+	err := send(all)
+	var again []int
+	for i, cm := range cmds {
+		if cm != nil && cm.Err() != nil && redis.HasErrorPrefix(cm.Err(), "NOSCRIPT") {
+			again = append(again, i)
+		}
+	}
+	if len(again) > 0 {
+		for _, sc := range scripts {
+			if lerr := sc.Load(ctx, c.c).Err(); lerr != nil {
+				return nil, lerr
+			}
+		}
+		err = send(again)
+	}
+	if err != nil {
+		for _, cm := range cmds {
+			if cm != nil && (cm.Err() == nil || errors.Is(cm.Err(), redis.Nil)) {
+				return cmds, nil
+			}
+		}
+		return nil, err
+	}
+	return cmds, nil
 }

@@ -52,6 +52,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -118,10 +119,22 @@ func realMain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		outage      = fs.Duration("outage", 3*time.Second, "outage scenario: how long Redis is black-holed")
 		outageAt    = fs.Duration("outage-at", 0, "outage scenario: when the black hole starts into the measured phase (default 3s, or half of what -duration leaves besides -outage if less)")
 		abandon     = fs.Duration("abandon-after", 30*time.Second, "abandon, and count as failed, operations still running this long after the end of a timed phase")
+		cpuProfile  = fs.String("cpuprofile", "", "write a CPU profile of the whole run (go tool pprof) to this file")
 		partition   = fs.Int("partition", 0, "cut this many instances (the first ones) of each Redis-backed strategy off from Redis for the whole measured phase (a black-holing proxy); reads and writes still go to every instance")
 	)
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	def, ok := scenarioDefaults[*scenario]
 	if !ok {
