@@ -60,8 +60,11 @@ type Aside[K comparable, V any] struct {
 	inv        pending
 	bg         background
 	onJoin     func(key string) // tests: called once a caller waits on a flight
-	now        func() time.Time // when entries expire; tests move it
-	m          counters
+	// admit, when set, says whether id may exist, on a cache miss: false
+	// answers "not found" without a load (a Bloom filter).
+	admit func(ctx context.Context, id K) bool
+	now   func() time.Time // when entries expire; tests move it
+	m     counters
 }
 
 // NewAside returns an engine that caches values of type V under
@@ -234,6 +237,10 @@ func (a *Aside[K, V]) get(ctx context.Context, id K, key string) (*V, Result, er
 		return nil, ResultHit, a.notFound
 	case stStale:
 		return a.loadShared(ctx, id, key, true, stale[V]{v: f.v, raw: f.raw, at: at})
+	}
+	if a.admit != nil && !a.admit(ctx, id) {
+		a.m.bloomRejected.Add(1)
+		return nil, ResultFiltered, a.notFound
 	}
 	return a.loadShared(ctx, id, key, f.st == stMiss, stale[V]{})
 }

@@ -62,6 +62,17 @@ func (a *Aside[K, V]) GetMany(ctx context.Context, ids []K) ([]*V, error) {
 	}
 
 	missing := a.lookupMany(ctx, b)
+	if a.admit != nil { // a Bloom filter answers for IDs that never existed
+		kept := missing[:0]
+		for _, j := range missing {
+			if b.states[j] != stFailed && !a.admit(ctx, b.ids[j]) {
+				a.m.bloomRejected.Add(1)
+				continue
+			}
+			kept = append(kept, j)
+		}
+		missing = kept
+	}
 	if a.recording {
 		b.results = make([]Result, len(uniq))
 		for i := range b.results {

@@ -22,6 +22,7 @@ type UserService struct {
 	users   *Aside[int, User]
 	related func(id int) []string // keys a write invalidates besides user:<id>
 	outbox  *outboxDrainer        // nil unless db implements Outbox
+	bloom   *bloomFilter          // nil without WithBloomFilter
 }
 
 // NewUserService returns a service that reads users from cache before db.
@@ -56,7 +57,12 @@ func NewUserService(db UserRepository, cache CacheClient, opts ...UserOption) *U
 		s.outbox.lock, _ = cache.(Locker)
 		a.landed = s.cleared
 	}
+	if bs, ok := cache.(bloomStore); ok && uo.bloom != nil {
+		s.bloom = newBloomFilter(bs, uo.bloom.expected, uo.bloom.fp)
+		a.admit = func(ctx context.Context, id int) bool { return s.bloom.mayExist(ctx, a.g, id) }
+	}
 	a.start()
+	s.buildBloomIfMissing()
 	return s
 }
 
@@ -113,8 +119,41 @@ func (s *UserService) CreateUser(ctx context.Context, user *User) error {
 		return err
 	}
 	return s.write(ctx, "create user", func() int { return user.ID }, func(ctx context.Context, db UserRepository) error {
-		return db.CreateUser(ctx, user)
+		if s.bloom == nil {
+			return db.CreateUser(ctx, user)
+		}
+		return s.createFiltered(ctx, db, user)
 	})
+}
+
+// createFiltered creates user with a Bloom filter in use: the ID goes into
+// the filter before the user is visible (see bloom.go).
+func (s *UserService) createFiltered(ctx context.Context, db UserRepository, user *User) error {
+	h := &createHook{f: s.bloom, g: s.users.g}
+	if user.ID > 0 { // known before the insert
+		if err := h.announce(ctx, user.ID); err != nil {
+			return err
+		}
+	}
+	if err := db.CreateUser(context.WithValue(ctx, createHookKey{}, h), user); err != nil {
+		return err
+	}
+	h.mu.Lock()
+	announced := len(h.ids) > 0
+	h.mu.Unlock()
+	if !announced { // a repository that does not call BeforeUserVisible
+		if _, err := s.bloom.add(ctx, s.users.g, user.ID); err != nil {
+			return fmt.Errorf("user %d was created, but %w", user.ID, err)
+		}
+		return nil
+	}
+	// A build that began since the add may have listed the users before
+	// this insert committed: add the ID again. If that fails, the filter in
+	// use has the ID, and only such a build could lack it.
+	if _, err := s.bloom.add(ctx, s.users.g, user.ID); err != nil {
+		s.users.log.ErrorContext(ctx, "cacheaside: a created user may be missing from the Bloom filter being built; rebuild it", "id", user.ID, "err", err)
+	}
+	return nil
 }
 
 // UpdateUser validates user, writes it to the repository first and then

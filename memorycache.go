@@ -30,8 +30,9 @@ var (
 // with Redis), and carries the invalidation bus of local tiers: services
 // that share one MemoryCache behave as a fleet that shares Redis.
 type MemoryCache struct {
-	c   *memcache.Cache
-	bus *membus.Bus
+	c      *memcache.Cache
+	bus    *membus.Bus
+	blooms memBloom
 }
 
 // DefaultMemoryEntries bounds a MemoryCache when WithMaxEntries does not.
@@ -340,4 +341,29 @@ func (m *MemoryCache) fillLeaseMany(ctx context.Context, keys []string, leases, 
 		}
 	}
 	return ok, make([]error, len(keys)), nil
+}
+
+func (m *MemoryCache) bloomTest(ctx context.Context, name string, pos []uint64) (bool, bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, false, err
+	}
+	p, ok := m.blooms.test(name, pos)
+	return p, ok, nil
+}
+
+func (m *MemoryCache) bloomAdd(_ context.Context, name string, pos []uint64) (int64, error) {
+	return m.blooms.add(name, pos), nil
+}
+
+func (m *MemoryCache) bloomBegin(_ context.Context, name string) (int64, error) {
+	return m.blooms.begin(name), nil
+}
+
+func (m *MemoryCache) bloomLoad(_ context.Context, name string, items [][]uint64) error {
+	m.blooms.load(name, items)
+	return nil
+}
+
+func (m *MemoryCache) bloomCommit(_ context.Context, name string, epoch int64) (bool, error) {
+	return m.blooms.commit(name, epoch), nil
 }

@@ -68,7 +68,14 @@ func (r *MemoryRepository) CreateUser(ctx context.Context, user *User) error {
 	if user.CreateAt.IsZero() {
 		user.CreateAt = r.now().UTC().Truncate(time.Microsecond)
 	}
-	id, ok := r.s.Insert(user.ID, func(id int) User {
+	want := user.ID
+	if want == 0 {
+		want = r.s.Reserve()
+	}
+	if err := BeforeUserVisible(ctx, want); err != nil {
+		return err
+	}
+	id, ok := r.s.Insert(want, func(id int) User {
 		u := *user
 		u.ID = id
 		return u
@@ -117,3 +124,18 @@ func (r *MemoryRepository) DeleteUser(ctx context.Context, id int) error {
 
 // Len reports how many users the repository holds.
 func (r *MemoryRepository) Len() int { return r.s.Len() }
+
+// ListUserIDs calls fn with every user's ID, in batches of up to 10,000
+// (see UserIDLister).
+func (r *MemoryRepository) ListUserIDs(ctx context.Context, fn func(ids []int) error) error {
+	ids := r.s.IDs()
+	for lo := 0; lo < len(ids); lo += 10_000 {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := fn(ids[lo:min(lo+10_000, len(ids))]); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -63,6 +63,9 @@ type ServiceMetrics struct {
 	// they waited for although its fill was refused: the holder hands what
 	// it read to the waiters that saw its lease.
 	LeaseHandoffs int64
+	// BloomRejected counts reads answered "not found" by the Bloom filter
+	// (WithBloomFilter) without a load.
+	BloomRejected int64
 	// WritesRefused counts writes that failed before they changed the
 	// source because the local tiers' bus could not be told (see
 	// ErrCacheUnavailable).
@@ -161,6 +164,7 @@ type counters struct {
 	leaseWaits, leaseTimeouts       atomic.Int64
 	rejoins, handoffs               atomic.Int64
 	earlyRefreshes, writesRefused   atomic.Int64
+	bloomRejected                   atomic.Int64
 	cacheTimeouts, cacheRejected    atomic.Int64
 	cacheBreakerOpens               atomic.Int64
 	repoBreakerOpens, repoRejected  atomic.Int64
@@ -215,6 +219,7 @@ func (c *counters) snapshot(size int64) ServiceMetrics {
 		LeaseHandoffs:           c.handoffs.Load(),
 		EarlyRefreshes:          c.earlyRefreshes.Load(),
 		WritesRefused:           c.writesRefused.Load(),
+		BloomRejected:           c.bloomRejected.Load(),
 		CacheTimeouts:           c.cacheTimeouts.Load(),
 		CacheCallsRejected:      c.cacheRejected.Load(),
 		CacheBreakerOpens:       c.cacheBreakerOpens.Load(),

@@ -100,6 +100,7 @@ type userOptions struct {
 	options
 	related func(id int) []string
 	drain   time.Duration // how often an Outbox is drained
+	bloom   *bloomOption  // nil: no Bloom filter
 }
 
 // newOptions returns the defaults, with ttl as the TTL, after opts.

@@ -47,6 +47,9 @@ const (
 	// ResultShared: a read answered by another caller's load, in this
 	// process (single flight) or another (a lease).
 	ResultShared Result = "shared"
+	// ResultFiltered: a read answered "not found" by a Bloom filter
+	// (WithBloomFilter), without a load.
+	ResultFiltered Result = "filtered"
 	// ResultError: a read or a write that failed, or a load that failed
 	// with anything but "not found".
 	ResultError Result = "error"

@@ -404,3 +404,38 @@ func (r *RedisCache) fillLeaseMany(ctx context.Context, keys []string, leases, v
 	}
 	return ok, errs, nil
 }
+
+func (r *RedisCache) bloomTest(ctx context.Context, name string, pos []uint64) (bool, bool, error) {
+	if err := r.ready(); err != nil {
+		return false, false, err
+	}
+	return r.c.BloomTest(ctx, name, pos)
+}
+
+func (r *RedisCache) bloomAdd(ctx context.Context, name string, pos []uint64) (int64, error) {
+	if err := r.ready(); err != nil {
+		return 0, err
+	}
+	return r.c.BloomAdd(ctx, name, pos)
+}
+
+func (r *RedisCache) bloomBegin(ctx context.Context, name string) (int64, error) {
+	if err := r.ready(); err != nil {
+		return 0, err
+	}
+	return r.c.BloomBegin(ctx, name)
+}
+
+func (r *RedisCache) bloomLoad(ctx context.Context, name string, items [][]uint64) error {
+	if err := r.ready(); err != nil {
+		return err
+	}
+	return r.c.BloomLoad(ctx, name, items)
+}
+
+func (r *RedisCache) bloomCommit(ctx context.Context, name string, epoch int64) (bool, error) {
+	if err := r.ready(); err != nil {
+		return false, err
+	}
+	return r.c.BloomCommit(ctx, name, epoch)
+}

@@ -399,7 +399,8 @@ func sqliteOnly(r *SQLRepository, dest ...any) []any {
 // reported to the UserService that made the write (RecordInvalidation).
 func (r *SQLRepository) write(ctx context.Context, stmt string, args []any, id *int64, dest ...any) error {
 	var seq int64
-	if r.dialect == PostgreSQL {
+	_, announce := ctx.Value(createHookKey{}).(*createHook) // a create with a Bloom filter
+	if r.dialect == PostgreSQL && !announce {
 		if err := r.db.QueryRowContext(ctx, stmt, args...).Scan(append(dest, &seq)...); err != nil {
 			return err
 		}
@@ -411,11 +412,22 @@ func (r *SQLRepository) write(ctx context.Context, stmt string, args []any, id *
 		return err
 	}
 	defer tx.Rollback() // a no-op after Commit
-	if err := tx.QueryRowContext(ctx, stmt, args...).Scan(dest...); err != nil {
-		return err
+	if r.dialect == PostgreSQL {
+		if err := tx.QueryRowContext(ctx, stmt, args...).Scan(append(dest, &seq)...); err != nil {
+			return err
+		}
+	} else {
+		if err := tx.QueryRowContext(ctx, stmt, args...).Scan(dest...); err != nil {
+			return err
+		}
+		if err := tx.QueryRowContext(ctx, r.q.record, *id, time.Now().UnixMicro()).Scan(&seq); err != nil {
+			return err
+		}
 	}
-	if err := tx.QueryRowContext(ctx, r.q.record, *id, time.Now().UnixMicro()).Scan(&seq); err != nil {
-		return err
+	if announce { // the new user's ID, before it is visible
+		if err := BeforeUserVisible(ctx, int(*id)); err != nil {
+			return err
+		}
 	}
 	if err := tx.Commit(); err != nil {
 		return err
@@ -473,4 +485,41 @@ func (r *SQLRepository) ClearInvalidations(ctx context.Context, seqs []int64) er
 		}
 	}
 	return nil
+}
+
+// ListUserIDs calls fn with every user's ID, in ascending batches of up to
+// 10,000, one query each (see UserIDLister).
+func (r *SQLRepository) ListUserIDs(ctx context.Context, fn func(ids []int) error) error {
+	q := `SELECT id FROM ` + r.table + ` WHERE id > ? ORDER BY id LIMIT 10000`
+	if r.dialect == PostgreSQL {
+		q = `SELECT id FROM ` + r.table + ` WHERE id > $1 ORDER BY id LIMIT 10000`
+	}
+	after := 0
+	for {
+		rows, err := r.db.QueryContext(ctx, q, after)
+		if err != nil {
+			return wrapErr("SELECT "+r.table, err)
+		}
+		ids := make([]int, 0, 10_000)
+		for rows.Next() {
+			var id int
+			if err := rows.Scan(&id); err != nil {
+				rows.Close()
+				return wrapErr("SELECT "+r.table, err)
+			}
+			ids = append(ids, id)
+		}
+		err = rows.Err()
+		rows.Close()
+		if err != nil {
+			return wrapErr("SELECT "+r.table, err)
+		}
+		if len(ids) == 0 {
+			return nil
+		}
+		if err := fn(ids); err != nil {
+			return err
+		}
+		after = ids[len(ids)-1]
+	}
 }

@@ -116,6 +116,7 @@
 //	cacheaside_stale_fills_skipped_total        cacheaside.stale_fills_skipped       counter  {fill}                        StaleFillsSkipped
 //	cacheaside_early_refreshes_total            cacheaside.early_refreshes           counter  {entry}                       EarlyRefreshes
 //	cacheaside_writes_refused_total             cacheaside.writes_refused            counter  {write}                       WritesRefused
+//	cacheaside_bloom_rejected_total             cacheaside.bloom_rejected            counter  {read}                        BloomRejected
 //	cacheaside_lease_waits_total                cacheaside.lease.waits               counter  {wait}                        LeaseWaits
 //	cacheaside_lease_wait_timeouts_total        cacheaside.lease.wait_timeouts       counter  {wait}                        LeaseWaitTimeouts
 //	cacheaside_lease_handoffs_total             cacheaside.lease.handoffs            counter  {wait}                        LeaseHandoffs

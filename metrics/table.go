@@ -68,6 +68,7 @@ var table = []row{
 	{"stale_fills_skipped", counter, "{fill}", "", "", func(m *snap) float64 { return float64(m.StaleFillsSkipped) }, "Fills dropped because a write to their key happened while the value was being loaded."},
 	{"early_refreshes", counter, "{entry}", "", "", func(m *snap) float64 { return float64(m.EarlyRefreshes) }, "Entries replaced by an early refresh before they expired (WithEarlyRefresh)."},
 	{"writes_refused", counter, "{write}", "", "", func(m *snap) float64 { return float64(m.WritesRefused) }, "Writes refused before they changed the source because the local tiers could not be told."},
+	{"bloom_rejected", counter, "{read}", "", "", func(m *snap) float64 { return float64(m.BloomRejected) }, "Reads answered \"not found\" by the Bloom filter, without a load (WithBloomFilter)."},
 
 	// Leases.
 	{"lease.waits", counter, "{wait}", "", "", func(m *snap) float64 { return float64(m.LeaseWaits) }, "Loads that found another caller's lease on their key and waited for its value."},

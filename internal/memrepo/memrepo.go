@@ -86,3 +86,28 @@ func (s *Store[T]) Len() int {
 	defer s.mu.RUnlock()
 	return len(s.m)
 }
+
+// Reserve returns an ID that no value has and no later Insert(0, ...)
+// will assign.
+func (s *Store[T]) Reserve() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.next++
+	for {
+		if _, ok := s.m[s.next]; !ok {
+			return s.next
+		}
+		s.next++
+	}
+}
+
+// IDs returns every ID, in no particular order.
+func (s *Store[T]) IDs() []int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ids := make([]int, 0, len(s.m))
+	for id := range s.m {
+		ids = append(ids, id)
+	}
+	return ids
+}

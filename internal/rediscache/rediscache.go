@@ -28,6 +28,7 @@ type Cache struct {
 	bounded bool // every call returns by its context's deadline
 
 	noSetNXGet atomic.Bool // the server refused SET NX GET (before Redis 7.0)
+	noBitfield atomic.Bool // the server has no BITFIELD (miniredis): Bloom filters by GETBIT and SETBIT
 }
 
 // New returns a cache that stores every key under prefix on c.
