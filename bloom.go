@@ -104,10 +104,10 @@ type createHookKey struct{}
 
 // createHook is a create's link to the filter.
 type createHook struct {
-	f     *bloomFilter
-	g     *guard
-	mu    sync.Mutex // protects ids
-	ids   []int      // announced
+	f   *bloomFilter
+	g   *guard
+	mu  sync.Mutex // protects ids
+	ids []int      // announced
 }
 
 func (h *createHook) announce(ctx context.Context, id int) error {
