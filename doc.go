@@ -247,6 +247,20 @@
 // replaced value until the bus delivers the invalidation, or, if the bus
 // breaks, until its validity runs out. It is never the default.
 //
+// # Warming, early refresh, adaptive TTL, Bloom filter, metrics
+//
+// [UserService.Warm] (and [Aside.Warm]) loads IDs ahead of reads in batches,
+// one repository query and two cache round trips per batch, through leases,
+// one instance at a time (see warm.go). [WithEarlyRefresh] refreshes hot
+// entries before they expire, so that no reader waits for the database
+// (refresh.go). [WithAdaptiveTTL] gives each entry a TTL by how its key is
+// read and written (adaptive.go). [WithBloomFilter] keeps a Bloom filter of
+// user IDs in the shared cache, so that reads of IDs that never existed do
+// not reach the database, with no false negatives across the fleet
+// (bloom.go). [WithRecorder] reports every read, load and write to a
+// [Recorder], which the metrics module turns into Prometheus and
+// OpenTelemetry metrics.
+//
 // # Errors and options
 //
 // Errors wrap this package's sentinels and the repository's own causes, so
@@ -327,7 +341,12 @@ package cacheaside
 //	bus.go           the invalidation bus: members, leases, announcements
 //	localtier.go     the local tier
 //
-// The features still to come each get a file of their own beside these: a
-// fleet-wide Bloom filter, warming, early refresh; metrics export lives in
-// a module of its own, like bench/, so that its dependencies reach only
-// those who import it.
+//	bloom.go         the fleet-wide Bloom filter of user IDs
+//	warm.go          warming: batched leases, one query per batch
+//	refresh.go       early refresh (XFetch)
+//	adaptive.go      adaptive TTLs from count-min sketches
+//	recorder.go      the Recorder that metrics export feeds on
+//
+// Metrics export (Prometheus, OpenTelemetry) lives in the module
+// github.com/cacheaside/cacheaside/metrics, like bench/, so that its
+// dependencies reach only those who import it.

@@ -383,3 +383,171 @@ func ExampleWithFailSafe() {
 	// Ida <nil> served by fail-safe: 1
 	// cacheaside: load user:2: connection refused
 }
+
+// A local tier serves repeated reads from process memory, and a write on
+// any instance is seen at once by every other (see the package
+// documentation, "Local tier").
+func ExampleWithLocalCache() {
+	ctx := context.Background()
+	repo := cacheaside.NewMemoryRepository()
+	_ = repo.CreateUser(ctx, &cacheaside.User{Name: "Lu", Email: "lu@example.com"})
+	shared := cacheaside.NewMemoryCache() // Redis in production
+	a := cacheaside.NewUserService(repo, shared, cacheaside.WithLocalCache(10_000))
+	b := cacheaside.NewUserService(repo, shared, cacheaside.WithLocalCache(10_000))
+	defer a.Close()
+	defer b.Close()
+	for a.GetMetrics().Membership != "serving" || b.GetMetrics().Membership != "serving" {
+		time.Sleep(10 * time.Millisecond) // each joins the invalidation bus
+	}
+	for range 3 {
+		_, _ = a.GetUser(ctx, 1)
+	}
+	_ = b.UpdateUser(ctx, &cacheaside.User{ID: 1, Name: "Lou", Email: "lu@example.com"})
+	u, _ := a.GetUser(ctx, 1)
+	fmt.Println(u.Name, "local hits before the write:", a.GetMetrics().LocalHits)
+	// Output: Lou local hits before the write: 2
+}
+
+// Early refresh reloads a hot entry in the background before it expires,
+// so that readers keep being served while it does.
+func ExampleWithEarlyRefresh() {
+	ctx := context.Background()
+	repo := &slowRepo{MemoryRepository: cacheaside.NewMemoryRepository()}
+	_ = repo.CreateUser(ctx, &cacheaside.User{Name: "Hot", Email: "hot@example.com"})
+	svc := cacheaside.NewUserService(repo, cacheaside.NewMemoryCache(),
+		cacheaside.WithTTL(300*time.Millisecond), cacheaside.WithJitter(0), cacheaside.WithEarlyRefresh(1))
+	defer svc.Close()
+	deadline := time.Now().Add(time.Second) // more than three TTLs
+	for time.Now().Before(deadline) {
+		_, _ = svc.GetUser(ctx, 1)
+		time.Sleep(time.Millisecond)
+	}
+	m := svc.GetMetrics()
+	fmt.Println("readers that waited for the database:", m.CacheMisses, "early refreshes:", m.EarlyRefreshes > 0)
+	// Output: readers that waited for the database: 1 early refreshes: true
+}
+
+// Adaptive TTL keeps keys that are read often and written rarely longer.
+func ExampleWithAdaptiveTTL() {
+	ctx := context.Background()
+	repo := cacheaside.NewMemoryRepository()
+	_ = repo.CreateUser(ctx, &cacheaside.User{Name: "Read", Email: "r@example.com"})
+	_ = repo.CreateUser(ctx, &cacheaside.User{Name: "Churn", Email: "c@example.com"})
+	mr, err := miniredis.Run() // a redis-server in production
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer mr.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+	svc := cacheaside.NewUserService(repo, cacheaside.NewRedisCache(rdb),
+		cacheaside.WithAdaptiveTTL(time.Minute, 24*time.Hour), cacheaside.WithJitter(0))
+	defer svc.Close()
+	for range 20 {
+		_, _ = svc.GetUser(ctx, 1)
+		_, _ = svc.GetUser(ctx, 2)
+		_ = svc.UpdateUser(ctx, &cacheaside.User{ID: 2, Name: "Churn", Email: "c@example.com"})
+	}
+	_, _ = svc.GetUser(ctx, 2)
+	fmt.Println("read only:", mr.TTL("user:1") > 20*time.Hour, "written after every read:", mr.TTL("user:2") < 4*time.Hour)
+	// Output: read only: true written after every read: true
+}
+
+// A Bloom filter in the shared cache answers for IDs that never existed,
+// so a scan of random IDs does not reach the database.
+func ExampleWithBloomFilter() {
+	ctx := context.Background()
+	repo := &slowRepo{MemoryRepository: cacheaside.NewMemoryRepository()}
+	for i := range 100 {
+		_ = repo.CreateUser(ctx, &cacheaside.User{Name: fmt.Sprint("u", i), Email: "u@example.com"})
+	}
+	svc := cacheaside.NewUserService(repo, cacheaside.NewMemoryCache(), cacheaside.WithBloomFilter(1000, 0.001))
+	defer svc.Close()
+	if err := svc.RebuildBloomFilter(ctx); err != nil { // NewUserService starts one in the background too
+		fmt.Println(err)
+		return
+	}
+	for id := 1_000_000; id < 1_000_100; id++ {
+		_, _ = svc.GetUser(ctx, id)
+	}
+	u := &cacheaside.User{Name: "New", Email: "new@example.com"}
+	_ = svc.CreateUser(ctx, u)
+	got, err := svc.GetUser(ctx, u.ID)
+	fmt.Println("database reads for 100 absent IDs:", repo.reads.Load()-1, "; created:", got.Name, err)
+	// Output: database reads for 100 absent IDs: 0 ; created: New <nil>
+}
+
+// Warm loads users ahead of reads, in batches, one query per batch.
+func ExampleUserService_Warm() {
+	ctx := context.Background()
+	repo := cacheaside.NewMemoryRepository()
+	ids := make([]int, 0, 1000)
+	for i := range 1000 {
+		u := &cacheaside.User{Name: fmt.Sprint("u", i), Email: "u@example.com"}
+		_ = repo.CreateUser(ctx, u)
+		ids = append(ids, u.ID)
+	}
+	svc := cacheaside.NewUserService(repo, cacheaside.NewMemoryCache())
+	defer svc.Close()
+	if err := svc.Warm(ctx, ids); err != nil {
+		fmt.Println(err)
+		return
+	}
+	for _, id := range ids {
+		_, _ = svc.GetUser(ctx, id)
+	}
+	m := svc.GetMetrics()
+	fmt.Println("hits:", m.CacheHits, "misses:", m.CacheMisses)
+	// Output: hits: 1000 misses: 0
+}
+
+// A Recorder sees every read with its result and duration; the metrics
+// module turns that into Prometheus or OpenTelemetry metrics.
+func ExampleWithRecorder() {
+	ctx := context.Background()
+	repo := cacheaside.NewMemoryRepository()
+	_ = repo.CreateUser(ctx, &cacheaside.User{Name: "Rec", Email: "rec@example.com"})
+	rec := &countingRecorder{}
+	svc := cacheaside.NewUserService(repo, cacheaside.NewMemoryCache(), cacheaside.WithRecorder(rec))
+	defer svc.Close()
+	for range 3 {
+		_, _ = svc.GetUser(ctx, 1)
+	}
+	_, _ = svc.GetUser(ctx, 99)
+	fmt.Println(rec.String())
+	// Output: reads: hit=2 miss=2; loads: not_found=1 ok=1
+}
+
+// countingRecorder counts results.
+type countingRecorder struct {
+	mu           sync.Mutex
+	reads, loads map[cacheaside.Result]int
+}
+
+func (c *countingRecorder) RecordRead(_ context.Context, r cacheaside.Result, _ time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.reads == nil {
+		c.reads = map[cacheaside.Result]int{}
+	}
+	c.reads[r]++
+}
+
+func (c *countingRecorder) RecordLoad(_ context.Context, r cacheaside.Result, _ time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.loads == nil {
+		c.loads = map[cacheaside.Result]int{}
+	}
+	c.loads[r]++
+}
+
+func (c *countingRecorder) RecordWrite(context.Context, string, cacheaside.Result, time.Duration) {}
+
+func (c *countingRecorder) String() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return fmt.Sprintf("reads: hit=%d miss=%d; loads: not_found=%d ok=%d",
+		c.reads[cacheaside.ResultHit], c.reads[cacheaside.ResultMiss], c.loads[cacheaside.ResultNotFound], c.loads[cacheaside.ResultOK])
+}

@@ -11,10 +11,18 @@
 //
 // Strategies: nocache, seed (the textbook cache-aside), cacheaside (this
 // library), go-redis-cache and sturdyc run by default; cacheaside-local
-// (WithLocalCache), cacheaside-relaxed (WithRelaxedLocalCache) and
-// go-redis-cache-local (go-redis/cache with its local TinyLFU) run with
-// -all or when -strategies names them, which keeps a run with no flags
-// under a minute.
+// (WithLocalCache), cacheaside-relaxed (WithRelaxedLocalCache),
+// cacheaside-early (WithEarlyRefresh(1): XFetch early refresh),
+// cacheaside-adaptive (WithAdaptiveTTL(TTL/4, TTL*20): per-key TTLs, TTL
+// being -ttl or the scenario's) and go-redis-cache-local (go-redis/cache
+// with its local TinyLFU) run with -all or when -strategies names them,
+// which keeps a run with no flags under a minute.
+//
+// When the database latency has a positive least value (-db-latency 2ms
+// or 1ms-5ms; the stampede scenario's 20ms), the table adds the reads
+// that waited for the database: those that took at least half of it,
+// which a cache hit never does. The library's rows add its own counters
+// in a note (cache misses, shared loads, early refreshes, ...).
 //
 // With -partition N, the first N instances of each Redis-backed strategy
 // reach Redis through a proxy black-holed for the whole measured phase
@@ -38,6 +46,8 @@
 //
 //	go run ./cmd/cachebench                                   # zipf, about 40 s
 //	go run ./cmd/cachebench -scenario stampede -plot db.svg
+//	go run ./cmd/cachebench -scenario stampede -strategies seed,cacheaside,cacheaside-early,go-redis-cache,sturdyc
+//	go run ./cmd/cachebench -scenario zipf -ttl 1s -duration 10s -strategies cacheaside,cacheaside-adaptive
 //	go run ./cmd/cachebench -scenario outage -outage 3s -plot outage.svg  # about 1 min
 //	go run ./cmd/cachebench -redis 127.0.0.1:6379 -postgres postgres://... -db-latency 1ms-3ms -json out.json
 //	go run ./cmd/cachebench -all -partition 1 -duration 10s              # about 2 min
@@ -110,7 +120,7 @@ func realMain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		concurrency = fs.Int("concurrency", 32, "concurrent workers, spread over the instances")
 		duration    = fs.Duration("duration", 5*time.Second, "measured time per strategy (default 10s for outage)")
 		ops         = fs.Int64("ops", 0, "measure this many operations per strategy instead of -duration")
-		ttl         = fs.Duration("ttl", 0, "cache TTL (default per scenario)")
+		ttl         = fs.Duration("ttl", 0, "cache TTL (default per scenario); cacheaside-adaptive's TTLs range from a quarter of it to 20 times it")
 		dbLatency   = fs.String("db-latency", "", "delay added to every database call: 2ms, 1ms-5ms (uniform) or exp:2ms (default per scenario: none, 20ms for stampede, 1ms for outage)")
 		only        = fs.String("strategies", "", "comma-separated strategies to run (default: "+strategyNames(defaultStrategies())+"; see -all)")
 		all         = fs.Bool("all", false, "run every strategy: the default ones and "+strategyNames(extraStrategies()))
@@ -212,7 +222,7 @@ func realMain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 	}
 
-	newClient, redisDesc, redisSingle, closeRedis, err := openRedis(ctx, *redisAddr)
+	newClient, redisDesc, redisSingle, closeRedis, err := openRedis(ctx, *redisAddr, cfg.ttl)
 	if err != nil {
 		return err
 	}
@@ -356,16 +366,33 @@ func extraStrategies() []strategy {
 	return out
 }
 
+// printTable prints the main table: a row per strategy, and a column of
+// the reads that waited for the database when the run adds a database
+// delay with a positive least value (see result.ReadsWaitedDB).
 func printTable(w io.Writer, rows []result) {
-	fmt.Fprintf(w, "%-20s %9s %9s %9s %9s %9s %9s %9s %11s %8s %8s %12s\n",
-		"", "", "read", "read", "read", "write", "write", "write", "", "", "", "")
-	fmt.Fprintf(w, "%-20s %9s %9s %9s %9s %9s %9s %9s %11s %8s %8s %12s\n",
-		"strategy", "ops/s", "p50", "p99", "p99.9", "p50", "p99", "p99.9", "DB queries", "per 1k", "hit rate", "stale reads")
+	waited := len(rows) > 0 && rows[0].ReadsWaitedDB != nil
+	above, header := "", ""
+	if waited {
+		above, header = fmt.Sprintf(" %15s", "reads that"), fmt.Sprintf(" %15s", "waited for DB")
+	}
+	fmt.Fprintf(w, "%-20s %9s %9s %9s %9s %9s %9s %9s %11s %8s %8s %12s%s\n",
+		"", "", "read", "read", "read", "write", "write", "write", "", "", "", "", above)
+	fmt.Fprintf(w, "%-20s %9s %9s %9s %9s %9s %9s %9s %11s %8s %8s %12s%s\n",
+		"strategy", "ops/s", "p50", "p99", "p99.9", "p50", "p99", "p99.9", "DB queries", "per 1k", "hit rate", "stale reads", header)
 	for _, r := range rows {
-		fmt.Fprintf(w, "%-20s %9.0f %9s %9s %9s %9s %9s %9s %11d %8.2f %7.1f%% %12s\n",
+		col := ""
+		if waited && r.ReadsWaitedDB != nil {
+			col = fmt.Sprintf(" %15s", fmt.Sprintf("%d (%.2f%%)", *r.ReadsWaitedDB, 100*float64(*r.ReadsWaitedDB)/float64(max(1, r.Reads+r.FailedReads))))
+		}
+		fmt.Fprintf(w, "%-20s %9.0f %9s %9s %9s %9s %9s %9s %11d %8.2f %7.1f%% %12s%s\n",
 			r.Strategy, r.OpsPerSec, us(r.P50us), us(r.P99us), us(r.P999us),
 			wus(r.Writes+r.FailedWrites, r.WriteP50us), wus(r.Writes+r.FailedWrites, r.WriteP99us), wus(r.Writes+r.FailedWrites, r.WriteP999us),
-			r.DBQueries, r.DBPer1k, r.HitRate*100, fmt.Sprintf("%d (%.2f%%)", r.StaleReads, r.StaleRate*100))
+			r.DBQueries, r.DBPer1k, r.HitRate*100, fmt.Sprintf("%d (%.2f%%)", r.StaleReads, r.StaleRate*100), col)
+	}
+	if waited {
+		fmt.Fprintf(w, "reads that waited for DB: reads of the measured phase that took %s or more, half the least added database latency:\n"+
+			"they led a database query or joined one (a cache hit takes a Redis round trip); the library's own count is in its note\n",
+			us(rows[0].DBWaitUs))
 	}
 	for _, r := range rows {
 		if r.Errors > 0 {
@@ -412,8 +439,9 @@ func us(v float64) string {
 
 // openRedis returns a factory of clients to one Redis deployment, a
 // description of it, its address if it is a single server ("" for a
-// cluster), and a function that releases it.
-func openRedis(ctx context.Context, addr string) (func() redis.UniversalClient, string, string, func(), error) {
+// cluster), and a function that releases it. ttl, the run's, sets how
+// finely an in-process miniredis counts its TTLs down (see expireOnClock).
+func openRedis(ctx context.Context, addr string, ttl time.Duration) (func() redis.UniversalClient, string, string, func(), error) {
 	if addr == "" {
 		addr = os.Getenv("REDIS_ADDR")
 	}
@@ -431,7 +459,7 @@ func openRedis(ctx context.Context, addr string) (func() redis.UniversalClient, 
 		if err != nil {
 			return nil, "", "", nil, err
 		}
-		stop := expireOnClock(mr)
+		stop := expireOnClock(mr, ttl)
 		return func() redis.UniversalClient { return redis.NewClient(&redis.Options{Addr: mr.Addr()}) },
 			"miniredis (in-process)", mr.Addr(), func() { stop(); mr.Close() }, nil
 	}
@@ -464,14 +492,22 @@ func openRedis(ctx context.Context, addr string) (func() redis.UniversalClient, 
 // expireOnClock makes mr's TTLs run down with the clock, as Redis's do
 // (miniredis only counts them down when told to): the stampede scenario's
 // 1 s TTL and the leases an outage leaves behind must expire. It moves
-// mr's clock forward every 100 ms; miniredis's own ClockTTL would do it
-// on every command, at a cost that grows with the number of keys. The
+// mr's clock forward by the time elapsed, in ticks; miniredis's own
+// ClockTTL would do it on every command, at a cost that grows with the
+// number of keys. A key set during a tick loses the whole tick at its end,
+// so it may expire up to a tick early: ticks are ttl/100 (10 ms for the
+// stampede's 1 s TTL; the early refresh of cacheaside-early must come
+// before the key is gone), from 1 ms to 100 ms, and at least 50 times as
+// long as the last FastForward took (it sorts every key, under miniredis's
+// lock), so that they hold the server less than 2% of the time. The
 // returned function stops it.
-func expireOnClock(mr *miniredis.Miniredis) (stop func()) {
+func expireOnClock(mr *miniredis.Miniredis, ttl time.Duration) (stop func()) {
+	const coarsest = 100 * time.Millisecond
+	finest := min(max(ttl/100, time.Millisecond), coarsest)
 	quit, done := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(done)
-		t := time.NewTicker(100 * time.Millisecond)
+		t := time.NewTimer(finest)
 		defer t.Stop()
 		last := time.Now()
 		for {
@@ -481,6 +517,7 @@ func expireOnClock(mr *miniredis.Miniredis) (stop func()) {
 			case now := <-t.C:
 				mr.FastForward(now.Sub(last))
 				last = now
+				t.Reset(min(max(finest, 50*time.Since(now)), coarsest))
 			}
 		}
 	}()

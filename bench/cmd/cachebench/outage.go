@@ -265,12 +265,21 @@ func meanBuckets(timeline []float64, b time.Duration, from, to time.Duration) fl
 // over its instances and counted since they were built (warm-up
 // included), except where a field says otherwise.
 type libraryCounters struct {
-	DatabaseLoads      int64 `json:"database_loads"`
-	SharedLoads        int64 `json:"shared_loads"`
-	LeaseWaits         int64 `json:"lease_waits"`
-	LeaseWaitTimeouts  int64 `json:"lease_wait_timeouts"`
-	Rejoins            int64 `json:"rejoins"`
-	StaleFillsSkipped  int64 `json:"stale_fills_skipped"`
+	// CacheMisses counts the reads that missed the cache and led their
+	// process's load (which may have waited for another process's lease),
+	// SharedLoads those answered by a load another caller of their process
+	// led: together, the reads that waited for the database, by the
+	// library's count.
+	CacheMisses       int64 `json:"cache_misses"`
+	DatabaseLoads     int64 `json:"database_loads"`
+	SharedLoads       int64 `json:"shared_loads"`
+	LeaseWaits        int64 `json:"lease_waits"`
+	LeaseWaitTimeouts int64 `json:"lease_wait_timeouts"`
+	Rejoins           int64 `json:"rejoins"`
+	StaleFillsSkipped int64 `json:"stale_fills_skipped"`
+	// EarlyRefreshes counts the entries an early refresh replaced before
+	// they expired (cacheaside-early).
+	EarlyRefreshes     int64 `json:"early_refreshes"`
 	CacheErrors        int64 `json:"cache_errors"`
 	CacheWriteErrors   int64 `json:"cache_write_errors"`
 	CacheTimeouts      int64 `json:"cache_timeouts"`
@@ -332,12 +341,14 @@ func libCounters(insts []instance) *libraryCounters {
 }
 
 func (c *libraryCounters) add(m cacheaside.ServiceMetrics) {
+	c.CacheMisses += m.CacheMisses
 	c.DatabaseLoads += m.DatabaseLoads
 	c.SharedLoads += m.SharedLoads
 	c.LeaseWaits += m.LeaseWaits
 	c.LeaseWaitTimeouts += m.LeaseWaitTimeouts
 	c.Rejoins += m.Rejoins
 	c.StaleFillsSkipped += m.StaleFillsSkipped
+	c.EarlyRefreshes += m.EarlyRefreshes
 	c.CacheErrors += m.CacheErrors
 	c.CacheWriteErrors += m.CacheWriteErrors
 	c.CacheTimeouts += m.CacheTimeouts

@@ -57,6 +57,10 @@ var strategies = []strategy{
 		build: buildLib(func(env strategyEnv) cacheaside.UserOption { return cacheaside.WithLocalCache(env.users) })},
 	{name: "cacheaside-relaxed", desc: "this library with a relaxed local tier, WithRelaxedLocalCache(users)", redis: true, extra: true,
 		build: buildLib(func(env strategyEnv) cacheaside.UserOption { return cacheaside.WithRelaxedLocalCache(env.users) })},
+	{name: "cacheaside-early", desc: "this library with XFetch early refresh, WithEarlyRefresh(1)", redis: true, extra: true,
+		build: buildLib(func(strategyEnv) cacheaside.UserOption { return cacheaside.WithEarlyRefresh(1) })},
+	{name: "cacheaside-adaptive", desc: "this library with per-key TTLs, WithAdaptiveTTL(TTL/4, TTL*20)", redis: true, extra: true,
+		build: buildLib(func(env strategyEnv) cacheaside.UserOption { return cacheaside.WithAdaptiveTTL(env.ttl/4, env.ttl*20) })},
 	{name: "go-redis-cache", desc: "github.com/go-redis/cache/v9 Once + Delete, Redis only", redis: true, build: buildGoRedisCache(false)},
 	{name: "go-redis-cache-local", desc: "github.com/go-redis/cache/v9 Once + Delete, with its local TinyLFU(users, TTL) in front of Redis",
 		redis: true, extra: true, build: buildGoRedisCache(true)},
@@ -155,8 +159,9 @@ func buildSeed(env strategyEnv) ([]instance, func()) {
 	}
 }
 
-// libInstance is this library with its defaults, the run's TTL, and a
-// local tier for the strategies that have one.
+// libInstance is this library with its defaults, the run's TTL, and the
+// option of its strategy, if any (a local tier, early refresh, adaptive
+// TTLs).
 type libInstance struct{ svc *cacheaside.UserService }
 
 func (l libInstance) Get(ctx context.Context, id int) (*cacheaside.User, error) {
@@ -181,8 +186,8 @@ func libMetrics(insts []instance) string {
 	if m == nil {
 		return ""
 	}
-	s := fmt.Sprintf("database loads %d, shared loads %d, lease waits %d, lease wait timeouts %d, rejoins %d, stale fills refused %d",
-		m.DatabaseLoads, m.SharedLoads, m.LeaseWaits, m.LeaseWaitTimeouts, m.Rejoins, m.StaleFillsSkipped)
+	s := fmt.Sprintf("cache misses %d, database loads %d, shared loads %d, lease waits %d, lease wait timeouts %d, rejoins %d, stale fills refused %d, early refreshes %d",
+		m.CacheMisses, m.DatabaseLoads, m.SharedLoads, m.LeaseWaits, m.LeaseWaitTimeouts, m.Rejoins, m.StaleFillsSkipped, m.EarlyRefreshes)
 	if m.Membership != nil || m.LocalHits+m.BusInvalidations+m.WritesWaited > 0 {
 		s += fmt.Sprintf("; local tier: local hits %d, local misses %d, bus invalidations %d, bus acks %d, writes that waited %d (%s in all), membership at the end: %s",
 			m.LocalHits, m.LocalMisses, m.BusInvalidations, m.BusAcks, m.WritesWaited,
@@ -191,15 +196,16 @@ func libMetrics(insts []instance) string {
 	return s
 }
 
-// buildLib builds the library's instances, with the option local returns
-// (a local tier) unless local is nil. Every instance of a run uses the
-// same mode, as the library requires of a fleet.
-func buildLib(local func(env strategyEnv) cacheaside.UserOption) func(env strategyEnv) ([]instance, func()) {
+// buildLib builds the library's instances, with the option opt returns
+// (a local tier, early refresh, adaptive TTLs) after WithTTL(env.ttl),
+// unless opt is nil. Every instance of a run uses the same options, as the
+// library requires of a fleet.
+func buildLib(opt func(env strategyEnv) cacheaside.UserOption) func(env strategyEnv) ([]instance, func()) {
 	return func(env strategyEnv) ([]instance, func()) {
 		insts, closeClients := perClient(env, func(c redis.UniversalClient) instance {
 			opts := []cacheaside.UserOption{cacheaside.WithTTL(env.ttl)}
-			if local != nil {
-				opts = append(opts, local(env))
+			if opt != nil {
+				opts = append(opts, opt(env))
 			}
 			return libInstance{cacheaside.NewUserService(env.repo,
 				cacheaside.NewRedisCache(c, cacheaside.WithKeyPrefix(env.prefix)), opts...)}

@@ -125,7 +125,15 @@ type result struct {
 	HitRate     float64 `json:"hit_rate"`
 	StaleReads  int64   `json:"stale_reads"`
 	StaleRate   float64 `json:"stale_read_rate"`
-	BucketMS    int     `json:"timeline_bucket_ms"`
+	// ReadsWaitedDB counts the reads of the measured phase (failed ones
+	// included) that took at least DBWaitUs, half the least delay the run
+	// adds to a database call: the reads that waited for a database
+	// query, their own or one they shared, where a cache hit costs a Redis
+	// round trip or less. Both are absent when the added delay has no
+	// positive least value (-db-latency none, or exp:).
+	ReadsWaitedDB *int64  `json:"reads_waited_for_db,omitempty"`
+	DBWaitUs      float64 `json:"db_wait_threshold_us,omitempty"`
+	BucketMS      int     `json:"timeline_bucket_ms"`
 	// WarmupSeconds is how long the unmeasured warm-up ran: the
 	// scenario's, or longer until every local tier served.
 	WarmupSeconds float64   `json:"warmup_seconds"`
@@ -375,6 +383,11 @@ func run(ctx context.Context, cfg config, w *world, name string, insts []instanc
 	}
 	res.P50us, res.P99us, res.P999us = pct(all.lat, 0.50), pct(all.lat, 0.99), pct(all.lat, 0.999)
 	res.WriteP50us, res.WriteP99us, res.WriteP999us = pct(all.wlat, 0.50), pct(all.wlat, 0.99), pct(all.wlat, 0.999)
+	if th := cfg.dbLatency.waitThreshold(); th > 0 {
+		i, _ := slices.BinarySearch(all.lat, th) // the first read that took th or more
+		n := int64(len(all.lat) - i)
+		res.ReadsWaitedDB, res.DBWaitUs = &n, float64(th.Nanoseconds())/1e3
+	}
 	res.DBQueries = w.repo.queries.Load() - startQ
 	if res.Ops > 0 {
 		res.DBPer1k = float64(res.DBQueries) * 1000 / float64(res.Ops)
@@ -750,6 +763,19 @@ func (l latency) String() string {
 		return "none"
 	}
 	return l.original
+}
+
+// waitThreshold is the latency from which a read counts as one that
+// waited for the database (result.ReadsWaitedDB): half the least delay l
+// adds to a database call, far above a cache hit's Redis round trip, and
+// reached by every read that led a load or joined one in its first half
+// (a read that joined one about to end is missed); 0 when l has no
+// positive least delay (none, or exp:).
+func (l latency) waitThreshold() time.Duration {
+	if l.kind == "fixed" || l.kind == "uniform" {
+		return l.lo / 2
+	}
+	return 0
 }
 
 func (l latency) sleep() {
