@@ -4,12 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"strconv"
 	"testing"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/maypok86/otter/v2"
 	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/errgroup"
 )
 
 // benchRedis returns a client to REDIS_ADDR, or to an in-process miniredis
@@ -321,4 +323,64 @@ func BenchmarkLocalHitRatio(b *testing.B) {
 	b.ReportMetric(bare/batch, "otter-ns/op")
 	b.ReportMetric(lib/batch, "local-hit-ns/op")
 	b.ReportMetric(lib/bare, "ratio")
+}
+
+// BenchmarkWarm100k warms 100,000 users held in PostgreSQL into Redis
+// (both real servers: REDIS_ADDR, POSTGRES_DSN), and, in the same
+// iteration, does what a warm-up without Warm does: every user read once
+// with GetUser, 16 at a time. It reports the seconds each took and the
+// ratio.
+func BenchmarkWarm100k(b *testing.B) {
+	const users = 100_000
+	ctx := context.Background()
+	db := openPostgres(b)
+	table := "users_warm_" + strconv.Itoa(int(time.Now().UnixNano()%1_000_000))
+	repo, err := NewSQLRepository(ctx, db, PostgreSQL, WithTable(table))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { db.Exec(`DROP TABLE IF EXISTS ` + table + `, ` + table + `_outbox`) })
+	if _, err := db.ExecContext(ctx, `INSERT INTO `+table+` (name, email, created_at)
+		SELECT 'user ' || g, 'u' || g || '@example.com', now() FROM generate_series(1, $1) g`, users); err != nil {
+		b.Fatal(err)
+	}
+	ids := make([]int, users)
+	for i := range ids {
+		ids[i] = i + 1
+	}
+	rdb := realRedis(b)
+	var warmSecs, naiveSecs float64
+	for i := 0; i < b.N; i++ {
+		prefix := uniquePrefix(b)
+		cleanupPrefix(b, rdb, prefix)
+		svc := NewUserService(repo, NewRedisCache(rdb, WithKeyPrefix(prefix)))
+		start := time.Now()
+		if err := svc.Warm(ctx, ids); err != nil {
+			b.Fatal(err)
+		}
+		warmSecs += time.Since(start).Seconds()
+		if m := svc.GetMetrics(); m.DatabaseLoads > int64(users/DefaultWarmBatch+1) {
+			b.Fatalf("%d repository reads for %d users", m.DatabaseLoads, users)
+		}
+		svc.Close()
+
+		prefix = uniquePrefix(b)
+		cleanupPrefix(b, rdb, prefix)
+		naive := NewUserService(repo, NewRedisCache(rdb, WithKeyPrefix(prefix)))
+		start = time.Now()
+		g := new(errgroup.Group)
+		g.SetLimit(16)
+		for _, id := range ids {
+			g.Go(func() error { _, err := naive.GetUser(ctx, id); return err })
+		}
+		if err := g.Wait(); err != nil {
+			b.Fatal(err)
+		}
+		naiveSecs += time.Since(start).Seconds()
+		naive.Close()
+	}
+	b.ReportMetric(warmSecs/float64(b.N), "warm-s")
+	b.ReportMetric(naiveSecs/float64(b.N), "naive-s")
+	b.ReportMetric(naiveSecs/warmSecs, "speedup")
+	b.ReportMetric(float64(users)*float64(b.N)/warmSecs, "users/s")
 }

@@ -126,11 +126,12 @@ type result struct {
 	StaleReads  int64   `json:"stale_reads"`
 	StaleRate   float64 `json:"stale_read_rate"`
 	// ReadsWaitedDB counts the reads of the measured phase (failed ones
-	// included) that took at least DBWaitUs, half the least delay the run
-	// adds to a database call: the reads that waited for a database
-	// query, their own or one they shared, where a cache hit costs a Redis
-	// round trip or less. Both are absent when the added delay has no
-	// positive least value (-db-latency none, or exp:).
+	// included) that spent at least DBWaitUs, half the least delay the
+	// run adds to a database call, while a database read was under way:
+	// the reads that waited for a database query, their own or one they
+	// joined in its first half, where a cache hit costs a Redis round trip
+	// (see waitThreshold). Both are absent when that least delay is under
+	// 2 ms (-db-latency none, exp:, 1ms), too close to a round trip.
 	ReadsWaitedDB *int64  `json:"reads_waited_for_db,omitempty"`
 	DBWaitUs      float64 `json:"db_wait_threshold_us,omitempty"`
 	BucketMS      int     `json:"timeline_bucket_ms"`
@@ -189,6 +190,8 @@ type workerStats struct {
 	deadline                   time.Time // the end of a timed phase, or zero
 	inWindow                   int64     // operations that succeeded and ended by deadline
 	partitioned                bool      // its instance is cut off from Redis (-partition)
+	waitAt                     time.Duration // keep the reads that took this long or more in slow; 0: none
+	slow                       []span        // the reads that took waitAt or more (failed ones included)
 	abandoned                  bool
 	inflight                   atomic.Int32 // the opKind of the operation running, if any
 	inflightStart              atomic.Int64 // when it began, in nanoseconds since epoch
@@ -220,6 +223,9 @@ func (st *workerStats) record(o outcome, win *window) bool {
 	switch o.kind {
 	case opRead:
 		st.lat = append(st.lat, o.lat)
+		if st.waitAt > 0 && o.lat >= st.waitAt {
+			st.slow = append(st.slow, span{o.start, o.start.Add(o.lat)})
+		}
 		if o.err != nil {
 			st.errs++
 			st.readErrs++
@@ -322,6 +328,10 @@ func run(ctx context.Context, cfg config, w *world, name string, insts []instanc
 		part.Blackhole()
 	}
 	w.repo.startTimeline(time.Now())
+	waitAt := cfg.dbLatency.waitThreshold()
+	if waitAt > 0 {
+		w.repo.startSpans()
+	}
 	startQ := w.repo.queries.Load()
 	startR := w.repo.reads.Load()
 
@@ -359,7 +369,7 @@ func run(ctx context.Context, cfg config, w *world, name string, insts []instanc
 		deadline = begin.Add(cfg.duration)
 	}
 	stats, abandoned := drive(ctx, cfg, w, insts, driveOpts{deadline: deadline, ops: cfg.ops, done: &opsDone,
-		win: win, partitioned: partitioned, unblock: unblock, progress: progress})
+		win: win, partitioned: partitioned, waitAt: waitAt, unblock: unblock, progress: progress})
 	elapsed := time.Since(begin)
 	if cfg.ops <= 0 {
 		// A timed phase lasts -duration: the time spent waiting for the
@@ -383,10 +393,9 @@ func run(ctx context.Context, cfg config, w *world, name string, insts []instanc
 	}
 	res.P50us, res.P99us, res.P999us = pct(all.lat, 0.50), pct(all.lat, 0.99), pct(all.lat, 0.999)
 	res.WriteP50us, res.WriteP99us, res.WriteP999us = pct(all.wlat, 0.50), pct(all.wlat, 0.99), pct(all.wlat, 0.999)
-	if th := cfg.dbLatency.waitThreshold(); th > 0 {
-		i, _ := slices.BinarySearch(all.lat, th) // the first read that took th or more
-		n := int64(len(all.lat) - i)
-		res.ReadsWaitedDB, res.DBWaitUs = &n, float64(th.Nanoseconds())/1e3
+	if waitAt > 0 {
+		n := waitedForDB(all.slow, w.repo.stopSpans(), waitAt)
+		res.ReadsWaitedDB, res.DBWaitUs = &n, float64(waitAt.Nanoseconds())/1e3
 	}
 	res.DBQueries = w.repo.queries.Load() - startQ
 	if res.Ops > 0 {
@@ -417,6 +426,7 @@ type summary struct {
 	staleByPartitioned         int64
 	inWindow                   int64
 	lat, wlat                  []time.Duration
+	slow                       []span
 	win                        windowStats
 }
 
@@ -437,6 +447,7 @@ func summarize(stats []*workerStats, keep func(*workerStats) bool) summary {
 		m.inWindow += s.inWindow
 		m.lat = append(m.lat, s.lat...)
 		m.wlat = append(m.wlat, s.wlat...)
+		m.slow = append(m.slow, s.slow...)
 		m.win.merge(&s.win)
 		s.mu.Unlock()
 	}
@@ -498,6 +509,9 @@ type driveOpts struct {
 	// partitioned is how many instances, the first ones, are cut off from
 	// Redis (-partition): their workers' operations are told apart.
 	partitioned int
+	// waitAt, if positive, makes the workers keep the reads that take
+	// that long or more (workerStats.slow).
+	waitAt time.Duration
 	// unblock, if not nil, is called when operations are abandoned, to
 	// make them return (the outage scenario closes its proxy).
 	unblock  func()
@@ -529,7 +543,7 @@ func drive(ctx context.Context, cfg config, w *world, insts []instance, o driveO
 	stats := make([]*workerStats, cfg.concurrency)
 	var wg sync.WaitGroup
 	for i := range cfg.concurrency {
-		st := &workerStats{partitioned: i%len(insts) < o.partitioned, deadline: o.deadline}
+		st := &workerStats{partitioned: i%len(insts) < o.partitioned, deadline: o.deadline, waitAt: o.waitAt}
 		stats[i] = st
 		wg.Add(1)
 		go func() {
@@ -656,6 +670,75 @@ type countingRepo struct {
 	mu      sync.Mutex // protects start and buckets
 	start   time.Time
 	buckets []atomic.Int64
+
+	smu      sync.Mutex // protects spanning and spans
+	spanning bool
+	spans    []span // database reads, as they ended, while spanning
+}
+
+// span is when an operation ran.
+type span struct{ start, end time.Time }
+
+// startSpans makes r keep the span of every database read that ends from
+// now on, until stopSpans returns them.
+func (r *countingRepo) startSpans() {
+	r.smu.Lock()
+	defer r.smu.Unlock()
+	r.spanning, r.spans = true, nil
+}
+
+func (r *countingRepo) stopSpans() []span {
+	r.smu.Lock()
+	defer r.smu.Unlock()
+	out := r.spans
+	r.spanning, r.spans = false, nil
+	return out
+}
+
+// endSpan keeps a database read that began at start and ends now, if r
+// keeps them.
+func (r *countingRepo) endSpan(start time.Time) {
+	end := time.Now()
+	r.smu.Lock()
+	defer r.smu.Unlock()
+	if r.spanning {
+		r.spans = append(r.spans, span{start, end})
+	}
+}
+
+// waitedForDB counts the reads that spent at least at while one of the
+// database reads db was under way: at least at of the read's span lies
+// in the union of db's.
+func waitedForDB(reads, db []span, at time.Duration) int64 {
+	slices.SortFunc(db, func(a, b span) int { return a.start.Compare(b.start) })
+	var union []span // disjoint, in order
+	for _, d := range db {
+		if n := len(union); n > 0 && !d.start.After(union[n-1].end) {
+			if d.end.After(union[n-1].end) {
+				union[n-1].end = d.end
+			}
+			continue
+		}
+		union = append(union, d)
+	}
+	var n int64
+	for _, rd := range reads {
+		// The first interval of the union that ends after the read began.
+		i, _ := slices.BinarySearchFunc(union, rd.start, func(u span, t time.Time) int {
+			if u.end.After(t) {
+				return 1
+			}
+			return -1
+		})
+		var in time.Duration
+		for ; i < len(union) && union[i].start.Before(rd.end); i++ {
+			in += min(union[i].end, rd.end, func(a, b time.Time) bool { return a.Before(b) }).Sub(maxTime(union[i].start, rd.start))
+		}
+		if in >= at {
+			n++
+		}
+	}
+	return n
 }
 
 func newCountingRepo(inner cacheaside.UserRepository, lat latency) *countingRepo {
@@ -700,6 +783,7 @@ func (r *countingRepo) timeline(d time.Duration) []float64 {
 
 func (r *countingRepo) GetUser(ctx context.Context, id int) (*cacheaside.User, error) {
 	r.count(true)
+	defer r.endSpan(time.Now())
 	r.lat.sleep()
 	return r.inner.GetUser(ctx, id)
 }
@@ -765,14 +849,16 @@ func (l latency) String() string {
 	return l.original
 }
 
-// waitThreshold is the latency from which a read counts as one that
-// waited for the database (result.ReadsWaitedDB): half the least delay l
-// adds to a database call, far above a cache hit's Redis round trip, and
-// reached by every read that led a load or joined one in its first half
-// (a read that joined one about to end is missed); 0 when l has no
-// positive least delay (none, or exp:).
+// waitThreshold is how long a read must spend while a database read is
+// under way to count as one that waited for the database
+// (result.ReadsWaitedDB): half the least delay l adds to a database call,
+// which every read that led a load spends, as does every read that joined
+// one in its first half (one that joined a load about to end is missed).
+// It is 0, and nothing is counted, when that least delay is under 2 ms
+// (none, exp:, 1ms): a cache hit's Redis round trip on a loaded machine
+// would come too close to it.
 func (l latency) waitThreshold() time.Duration {
-	if l.kind == "fixed" || l.kind == "uniform" {
+	if (l.kind == "fixed" || l.kind == "uniform") && l.lo >= 2*time.Millisecond {
 		return l.lo / 2
 	}
 	return 0
