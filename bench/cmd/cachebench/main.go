@@ -18,11 +18,13 @@
 // with its local TinyLFU) run with -all or when -strategies names them,
 // which keeps a run with no flags under a minute.
 //
-// When the database latency has a positive least value (-db-latency 2ms
-// or 1ms-5ms; the stampede scenario's 20ms), the table adds the reads
-// that waited for the database: those that took at least half of it,
-// which a cache hit never does. The library's rows add its own counters
-// in a note (cache misses, shared loads, early refreshes, ...).
+// When every database call is delayed by 2 ms or more (-db-latency 2ms,
+// 2ms-5ms; the stampede scenario's 20ms), the table adds the reads that
+// waited for the database: those that spent at least half that least
+// delay while a database read was under way, as a read that led a load,
+// or joined one, does and a cache hit does not. The library's rows add
+// its own counters in a note (cache misses, shared loads, early
+// refreshes, ...).
 //
 // With -partition N, the first N instances of each Redis-backed strategy
 // reach Redis through a proxy black-holed for the whole measured phase
@@ -367,8 +369,8 @@ func extraStrategies() []strategy {
 }
 
 // printTable prints the main table: a row per strategy, and a column of
-// the reads that waited for the database when the run adds a database
-// delay with a positive least value (see result.ReadsWaitedDB).
+// the reads that waited for the database when the run counts them (see
+// result.ReadsWaitedDB).
 func printTable(w io.Writer, rows []result) {
 	waited := len(rows) > 0 && rows[0].ReadsWaitedDB != nil
 	above, header := "", ""
@@ -390,8 +392,8 @@ func printTable(w io.Writer, rows []result) {
 			r.DBQueries, r.DBPer1k, r.HitRate*100, fmt.Sprintf("%d (%.2f%%)", r.StaleReads, r.StaleRate*100), col)
 	}
 	if waited {
-		fmt.Fprintf(w, "reads that waited for DB: reads of the measured phase that took %s or more, half the least added database latency:\n"+
-			"they led a database query or joined one (a cache hit takes a Redis round trip); the library's own count is in its note\n",
+		fmt.Fprintf(w, "reads that waited for DB: reads of the measured phase that spent %s or more (half the least added database latency)\n"+
+			"while a database read was under way: they led a query or joined one (a cache hit takes a Redis round trip); the library counts its own in its note\n",
 			us(rows[0].DBWaitUs))
 	}
 	for _, r := range rows {

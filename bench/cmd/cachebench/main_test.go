@@ -187,8 +187,10 @@ func TestCachebench_LocalTiers(t *testing.T) {
 
 // TestCachebench_Partition: with one instance of three cut off from
 // Redis for the measured phase, the run completes, the partition table
-// tells the instances apart, and the strict library's partitioned
-// instance serves no stale read.
+// tells the instances apart, the strict library's partitioned instance
+// serves no stale read, and refuses its writes (it cannot tell the bus:
+// they fail with ErrCacheUnavailable before they change the database,
+// counted in WritesRefused).
 func TestCachebench_Partition(t *testing.T) {
 	out, rows := runJSON(t, testArgs("-users", "200", "-duration", "2500ms", "-concurrency", "6", "-instances", "3",
 		"-partition", "1", "-strategies", "nocache,cacheaside,cacheaside-local")...)
@@ -206,7 +208,15 @@ func TestCachebench_Partition(t *testing.T) {
 		if p == nil {
 			t.Fatalf("%s: no partition results", r.Strategy)
 		}
-		if p.Instances != 1 || p.Partitioned.Reads == 0 || p.Partitioned.Writes == 0 || p.Healthy.Reads == 0 || p.Healthy.Writes == 0 {
+		partWrites := p.Partitioned.Writes // acknowledged, or for the strict tier refused
+		if r.Strategy == "cacheaside-local" {
+			partWrites = p.Partitioned.FailedWrites
+			if l := r.Library; l == nil || l.WritesRefused < p.Partitioned.FailedWrites || p.Healthy.FailedWrites != 0 {
+				t.Errorf("cacheaside-local: %d writes failed on the partitioned instance, %d on the healthy ones, library counters %+v; want every failure a refusal, on the partitioned instance",
+					p.Partitioned.FailedWrites, p.Healthy.FailedWrites, l)
+			}
+		}
+		if p.Instances != 1 || p.Partitioned.Reads == 0 || partWrites == 0 || p.Healthy.Reads == 0 || p.Healthy.Writes == 0 {
 			t.Errorf("%s: partition %+v; want operations on both sides", r.Strategy, p)
 		}
 		if p.Partitioned.FailedReads != 0 || r.Abandoned != 0 {

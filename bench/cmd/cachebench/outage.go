@@ -308,11 +308,15 @@ type libraryCounters struct {
 	// all. Membership is each instance's standing on the bus at the end
 	// of the measured phase, by instance ("instance 1: serving"); absent
 	// without a local tier.
-	LocalHits        int64    `json:"local_hits"`
-	LocalMisses      int64    `json:"local_misses"`
-	BusInvalidations int64    `json:"bus_invalidations"`
-	BusAcks          int64    `json:"bus_acks"`
-	WritesWaited     int64    `json:"writes_waited"`
+	LocalHits        int64 `json:"local_hits"`
+	LocalMisses      int64 `json:"local_misses"`
+	BusInvalidations int64 `json:"bus_invalidations"`
+	BusAcks          int64 `json:"bus_acks"`
+	WritesWaited     int64 `json:"writes_waited"`
+	// WritesRefused counts the writes that failed, before they changed
+	// the database, because the bus could not be told (strict tier only:
+	// an instance cut off from Redis, -partition).
+	WritesRefused    int64    `json:"writes_refused"`
 	WriteWaitSeconds float64  `json:"write_wait_seconds"`
 	Membership       []string `json:"membership,omitempty"`
 }
@@ -367,6 +371,7 @@ func (c *libraryCounters) add(m cacheaside.ServiceMetrics) {
 	c.BusInvalidations += m.BusInvalidations
 	c.BusAcks += m.BusAcks
 	c.WritesWaited += m.WritesWaited
+	c.WritesRefused += m.WritesRefused
 	c.WriteWaitSeconds += m.WriteWaitTime.Seconds()
 }
 

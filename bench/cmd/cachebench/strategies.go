@@ -188,10 +188,10 @@ func libMetrics(insts []instance) string {
 	}
 	s := fmt.Sprintf("cache misses %d, database loads %d, shared loads %d, lease waits %d, lease wait timeouts %d, rejoins %d, stale fills refused %d, early refreshes %d",
 		m.CacheMisses, m.DatabaseLoads, m.SharedLoads, m.LeaseWaits, m.LeaseWaitTimeouts, m.Rejoins, m.StaleFillsSkipped, m.EarlyRefreshes)
-	if m.Membership != nil || m.LocalHits+m.BusInvalidations+m.WritesWaited > 0 {
-		s += fmt.Sprintf("; local tier: local hits %d, local misses %d, bus invalidations %d, bus acks %d, writes that waited %d (%s in all), membership at the end: %s",
+	if m.Membership != nil || m.LocalHits+m.BusInvalidations+m.WritesWaited+m.WritesRefused > 0 {
+		s += fmt.Sprintf("; local tier: local hits %d, local misses %d, bus invalidations %d, bus acks %d, writes that waited %d (%s in all), writes refused %d, membership at the end: %s",
 			m.LocalHits, m.LocalMisses, m.BusInvalidations, m.BusAcks, m.WritesWaited,
-			time.Duration(m.WriteWaitSeconds*float64(time.Second)).Round(time.Millisecond), strings.Join(m.Membership, "; "))
+			time.Duration(m.WriteWaitSeconds*float64(time.Second)).Round(time.Millisecond), m.WritesRefused, strings.Join(m.Membership, "; "))
 	}
 	return s
 }

@@ -187,9 +187,9 @@ type workerStats struct {
 	staleByPartitioned         int64
 	lat, wlat                  []time.Duration // read and write latencies
 	win                        windowStats
-	deadline                   time.Time // the end of a timed phase, or zero
-	inWindow                   int64     // operations that succeeded and ended by deadline
-	partitioned                bool      // its instance is cut off from Redis (-partition)
+	deadline                   time.Time     // the end of a timed phase, or zero
+	inWindow                   int64         // operations that succeeded and ended by deadline
+	partitioned                bool          // its instance is cut off from Redis (-partition)
 	waitAt                     time.Duration // keep the reads that took this long or more in slow; 0: none
 	slow                       []span        // the reads that took waitAt or more (failed ones included)
 	abandoned                  bool
@@ -732,7 +732,14 @@ func waitedForDB(reads, db []span, at time.Duration) int64 {
 		})
 		var in time.Duration
 		for ; i < len(union) && union[i].start.Before(rd.end); i++ {
-			in += min(union[i].end, rd.end, func(a, b time.Time) bool { return a.Before(b) }).Sub(maxTime(union[i].start, rd.start))
+			from, to := union[i].start, union[i].end
+			if rd.start.After(from) {
+				from = rd.start
+			}
+			if rd.end.Before(to) {
+				to = rd.end
+			}
+			in += to.Sub(from)
 		}
 		if in >= at {
 			n++
