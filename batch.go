@@ -353,7 +353,7 @@ func (a *Aside[K, V]) leaseBatch(ctx context.Context, b *batch[K, V], missing []
 		}
 		fills[n].mode, fills[n].expect = fillSwap, newLease()
 		g.Go(func() error {
-			tries[n] = a.takeLease(ctx, b.ids[j], fills[n].key, fills[n].expect, nil)
+			tries[n] = a.takeLease(ctx, b.ids[j], fills[n].key, fills[n].expect)
 			return nil
 		})
 	}

@@ -68,14 +68,15 @@ const bloomLockTTL = 30 * time.Second
 
 // bloomFilter is a service's view of its filter.
 type bloomFilter struct {
-	store bloomStore
-	name  string
-	m, k  uint
+	store    bloomStore
+	name     string
+	m, k     uint
+	building chan struct{} // one build at a time in this process
 }
 
 func newBloomFilter(store bloomStore, expected uint, fp float64) *bloomFilter {
 	m, k := bloom.EstimateParameters(expected, fp)
-	return &bloomFilter{store: store, m: m, k: k, name: fmt.Sprintf("user:m%d:k%d", m, k)}
+	return &bloomFilter{store: store, m: m, k: k, name: fmt.Sprintf("user:m%d:k%d", m, k), building: make(chan struct{}, 1)}
 }
 
 // positions returns id's bit positions in the filter.
@@ -182,6 +183,12 @@ func (s *UserService) RebuildBloomFilter(ctx context.Context) error {
 	lister, ok := s.db.(UserIDLister)
 	if f == nil || !ok {
 		return fmt.Errorf("%w: a Bloom filter needs WithBloomFilter, a cache that holds it and a UserIDLister repository", ErrNotConfigured)
+	}
+	select { // builds in this process take turns, whatever the cache
+	case f.building <- struct{}{}:
+		defer func() { <-f.building }()
+	case <-ctx.Done():
+		return wrapErr("bloom filter build", ctx.Err())
 	}
 	if lk, ok := s.users.g.c.(Locker); ok {
 		lock, err := lk.AcquireLock(ctx, "bloom:user", bloomLockTTL)

@@ -172,6 +172,7 @@ func TestBloom_AddedBeforeTheUserIsVisible(t *testing.T) {
 		ctx := context.Background()
 		svc := NewUserService(repo, NewMemoryCache(), WithBloomFilter(1000, 0.01))
 		t.Cleanup(func() { svc.Close() })
+		waitBloom(t, svc) // the background build is done with the store
 		var visible []bool
 		var mu sync.Mutex
 		// Observe through BeforeUserVisible itself: wrap the filter's add.

@@ -161,10 +161,7 @@ type bus struct {
 	fillAfter atomic.Int64
 	grace     time.Duration
 
-	obsMu   sync.Mutex // protects obsAt and quietAt
-	obsAt   int64      // when the announcement last observed was sent, on the mono clock
-	quietAt int64      // when the last announcement that counted no members was sent; 0: it did count some, or failed
-	out     chan func(context.Context)
+	out chan func(context.Context)
 
 	ackMu    sync.Mutex // protects acks
 	acks     []string   // writes to acknowledge
@@ -417,8 +414,9 @@ func (b *bus) extend(until int64, sub uint64) {
 	}
 	now := mono()
 	if b.lapsed.Load() || b.validUntil.Load() == 0 {
-		// (Re)joining: writers that counted no members may be writing
-		// without a marker (see quiet); fill nothing until they are done.
+		// (Re)joining: a write that went on without its marker (its
+		// cache calls failed, before any member was known) may still be
+		// changing the source; fill nothing until it is done.
 		b.h.flush()
 		b.lapsed.Store(false)
 		if b.strict {
@@ -466,7 +464,6 @@ func (b *bus) announce(ctx context.Context, kind byte, write, key string) {
 // strict bus waits until each member has acknowledged or lost its lease.
 func (b *bus) settle(ctx context.Context, write string, sent int64, members []busMember, err error) {
 	ctx = context.WithoutCancel(ctx)
-	b.observe(sent, members, err)
 	if err != nil {
 		// Members that missed it may still serve the old value until their
 		// validity runs out, within a lease: a strict writer that knows of
@@ -541,37 +538,6 @@ func (b *bus) await(ctx context.Context, write string, pending map[string]time.T
 		defer cancel()
 		_ = b.t.busDropAcks(dctx, write)
 	}()
-}
-
-// observe records what an announcement sent at sent counted.
-func (b *bus) observe(sent int64, members []busMember, err error) {
-	b.obsMu.Lock()
-	defer b.obsMu.Unlock()
-	if sent < b.obsAt {
-		return // a later one was observed first
-	}
-	b.obsAt = sent
-	quiet := err == nil
-	for _, m := range members {
-		if m.id != b.member {
-			quiet = false
-		}
-	}
-	b.quietAt = 0
-	if quiet {
-		b.quietAt = sent
-	}
-}
-
-// quiet reports whether, at now on the mono clock, a writer without a
-// local tier may write without a write-intent marker: an announcement sent
-// less than a lease ago counted no members. A member that joined since
-// fills nothing for grace after it joined (see extend), which covers every
-// such write that lands within grace less a lease of the announcement.
-func (b *bus) quiet(now int64) bool {
-	b.obsMu.Lock()
-	defer b.obsMu.Unlock()
-	return b.strict && b.quietAt != 0 && now-b.quietAt < int64(b.lease)
 }
 
 // filling reports whether, at now on the mono clock, the tier may fill.

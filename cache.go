@@ -78,21 +78,3 @@ func (noCache) GetJSON(context.Context, string, any) error                { retu
 func (noCache) SetJSON(context.Context, string, any, time.Duration) error { return nil }
 func (noCache) Delete(context.Context, ...string) error                   { return nil }
 func (noCache) inProcess()                                                {}
-
-// leaseHandoff is what the adapters of this package offer so that the
-// callers that wait for a lease whose fill was refused (a write deleted
-// the lease while its holder read the source) take the holder's value
-// instead of loading again: the holder's read began after the lease was
-// placed, so a caller that still found the lease after it began is owed
-// nothing newer (see leaseLoad).
-type leaseHandoff interface {
-	// fillLease swaps key from lease to val for ttl and reports true, or,
-	// if key no longer holds lease, leaves val for lease's waiters for
-	// hold and reports false.
-	fillLease(ctx context.Context, key string, lease, val []byte, ttl, hold time.Duration) (bool, error)
-	// pollLease looks at key for a caller that waits for the lease seen: it
-	// returns what key holds (seen, a value, another lease or an intent),
-	// or the value seen's holder handed over, or, for an empty key, nil for
-	// both once it placed mine for ttl.
-	pollLease(ctx context.Context, key string, seen, mine []byte, ttl time.Duration) (held, handed []byte, err error)
-}

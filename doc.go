@@ -49,18 +49,15 @@
 // does not read the repository beside the lease: the holder's fill of an
 // older read could land after it returned a newer row.)
 //
-// A write that finds a lease (over the built-in caches) does not delete it
-// but refuses it: the key holds the lease's refused form for the rest of
-// the lease's time. The holder's fill then fails, and leaves the value it
-// read for the lease's waiters under a key of its own, for a lease TTL;
-// the waiters that found the lease take that value instead of following a
-// new holder or loading themselves (counted in LeaseHandoffs). It is right
-// for them: the holder began reading after its lease was placed, and a
-// write acknowledged before a waiter last found the lease had removed it
-// first, so the value includes every such write. A caller that joins the
-// waiter's flight after that instant is not given it, and new readers take
-// the refused key over, as an empty one. The test suite checks the
-// histories this produces for linearizability.
+// A holder whose fill is refused does not return what it read: its read
+// may have come after a later write's commit while the cache still serves
+// that write's predecessor (a write deletes the cache entry only after it
+// commits), and one caller would see the new row and a later one the old.
+// It looks at the key again instead, as a new caller would (counted in
+// RefusedFillReloads). A caller never reads the repository beside a lease
+// that could still be filled, nor returns a value read by a lease holder
+// that lost its lease: that is what keeps every history linearizable
+// (TestLinearizable checks it with porcupine).
 //
 // The guarantee this gives, checked by a randomized checker in the test
 // suite against real Redis and Redis Cluster: no read returns a value older
@@ -200,22 +197,23 @@
 // then has dropped k again, so the only values a member can hold were read
 // after the marker was deleted, that is after the source changed.
 //
-// Writers without a tier, and members that join. The marker is there for
-// the members: a writer without a tier leaves it out when an announcement
-// it sent less than a lease ago counted no members, and its write then
-// costs one round trip, after the source changed (delete, "done", and a
-// fresh count of the members, in one round trip). A member that joins, or joins
-// again after its lease lapsed, fills nothing for a grace (the load
-// timeout) after its lease was first renewed: any such write that lands
-// within the grace less a lease of its count finds the member's tier
-// empty. This is the protocol's one assumption about time beyond the
-// leases, and the markers make it too: a write is expected to change the
-// source within the load timeout (a marker expires after it, and a
-// member refuses to fill a prepared key for as long).
+// Writers without a tier, and members that join. Every writer places the
+// marker, tier or not: a write that only deleted the old value after the
+// source changed would leave it readable everywhere whenever that delete
+// failed (the porcupine checker with connection resets found exactly
+// that). A member that joins, or joins again after its lease lapsed,
+// fills nothing for a grace (the load timeout) after its lease was first
+// renewed, which covers a write that went on without its marker before
+// any member was known. This is the protocol's one assumption about time
+// beyond the leases, and the markers make it too: a write is expected to
+// change the source within the load timeout (a marker expires after it,
+// and a member refuses to fill a prepared key for as long).
 //
 // Writers that cannot reach the bus. A write whose prepare cannot be
 // published (the cache failed, or this instance is cut off from it), from
-// an instance that counted members at its last announcement, fails with
+// an instance with a local tier of its own (even before its first
+// announcement has counted anyone), or from one without that counted
+// members at its last announcement, fails with
 // [ErrCacheUnavailable] before it changes the source (counted in
 // WritesRefused): the members it cannot tell would go on serving the value
 // it replaced, and that is the one thing strict mode rules out. A fleet

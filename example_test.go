@@ -247,8 +247,8 @@ func ExampleRedisCache_AcquireLock() {
 }
 
 // Two instances of a service share one Redis. A read on the first holds the
-// old row when the second writes; the first one's fill is refused, and both
-// serve the new row.
+// old row when the second writes; the first one's fill is refused, so it
+// looks again and returns the new row, and both serve the new row.
 func Example_fleet() {
 	mr, err := miniredis.Run()
 	if err != nil {
@@ -288,7 +288,7 @@ func Example_fleet() {
 	ub, _ := b.GetUser(ctx, 1)
 	fmt.Println("instance a serves", ua.Name, "and instance b serves", ub.Name)
 	// Output:
-	// the overlapping read returns old
+	// the overlapping read returns new
 	// stale fills refused: 1
 	// instance a serves new and instance b serves new
 }

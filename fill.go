@@ -36,6 +36,9 @@ type fill struct {
 	// delta is how long the read of the source took, on the engine's
 	// clock (see WithEarlyRefresh).
 	delta time.Duration
+	// lost, when set, is told that a fillSwap was refused: the lease was
+	// gone (see holdAndLoad).
+	lost *bool
 }
 
 // loadInto reads id from the source into r and stores the result as f
@@ -132,14 +135,12 @@ func (a *Aside[K, V]) store(ctx context.Context, f fill, raw json.RawMessage, tt
 		err = a.g.set(ctx, f.key, raw, ttl)
 	case fillSwap:
 		var ok bool
-		if a.g.handoff != nil && isLease(f.expect) {
-			// Refused, it is left for the lease's waiters (see leaseHandoff).
-			ok, err = a.g.fillLease(ctx, f.key, f.expect, raw, ttl, a.o.leaseTTL)
-		} else {
-			ok, err = a.g.cas(ctx, f.key, f.expect, raw, ttl)
-		}
+		ok, err = a.g.cas(ctx, f.key, f.expect, raw, ttl)
 		if err == nil && !ok {
 			a.m.staleFills.Add(1)
+			if f.lost != nil {
+				*f.lost = true
+			}
 			return at, false
 		}
 	}

@@ -75,7 +75,6 @@ type guard struct {
 	leaser  Leaser       // nil when c does not implement it
 	sharder Sharder      // nil when c does not implement it
 	clearer writeClearer // nil when c does not implement it
-	handoff leaseHandoff // nil when c does not implement it
 	inProc  bool         // c lives in this process and cannot hang on a network
 	inline  bool         // c's calls return by their context's deadline
 	timeout time.Duration
@@ -102,7 +101,6 @@ func newGuard(c CacheClient, o options, m *counters) *guard {
 		g.sharder = nil // one server: one shard
 	}
 	g.clearer, _ = c.(writeClearer)
-	g.handoff, _ = c.(leaseHandoff)
 	_, g.inProc = c.(inProcess)
 	if b, ok := c.(ContextBounded); ok {
 		g.inline = b.BoundedByContext()
@@ -146,6 +144,9 @@ func breakerSettings(what string, b breakerOptions, log *slog.Logger, changed fu
 // success nor a failure of the cache.
 var errCallerGone = errors.New("caller gone")
 
+// errBreakerOpen is what a call the circuit breaker turned away returns.
+var errBreakerOpen = fmt.Errorf("%w: circuit breaker open", ErrCacheUnavailable)
+
 func (g *guard) shard(key string) string {
 	if g.sharder == nil {
 		return ""
@@ -181,7 +182,7 @@ func (g *guard) enter(ctx context.Context, shard string, box time.Duration) (tic
 	done, err := g.breaker(shard).Allow()
 	if err != nil {
 		g.m.cacheRejected.Add(1)
-		return ticket{}, fmt.Errorf("%w: circuit breaker open", ErrCacheUnavailable)
+		return ticket{}, errBreakerOpen
 	}
 	if g.stragglers.Load() >= maxStragglers {
 		done(ErrCacheUnavailable)
@@ -332,33 +333,6 @@ func (g *guard) setNX(ctx context.Context, key string, val []byte, ttl time.Dura
 		return nil, err
 	}
 	return held, nil
-}
-
-// fillLease fills key under lease or hands val over; see leaseHandoff.
-func (g *guard) fillLease(ctx context.Context, key string, lease, val []byte, ttl, hold time.Duration) (bool, error) {
-	var ok bool
-	err := g.do(ctx, g.shard(key), func(ctx context.Context) error {
-		s, err := g.handoff.fillLease(ctx, key, lease, val, ttl, hold)
-		ok = s
-		return err
-	})
-	if err != nil { // the call may still be running: do not read ok
-		return false, err
-	}
-	return ok, nil
-}
-
-// pollLease looks at key again for a waiter of seen; see leaseHandoff.
-func (g *guard) pollLease(ctx context.Context, key string, seen, mine []byte, ttl time.Duration) (held, handed []byte, err error) {
-	err = g.do(ctx, g.shard(key), func(ctx context.Context) error {
-		h, hd, err := g.handoff.pollLease(ctx, key, seen, mine, ttl)
-		held, handed = h, hd
-		return err
-	})
-	if err != nil { // the call may still be running: do not read the rest
-		return nil, nil, err
-	}
-	return held, handed, nil
 }
 
 // cas swaps key's value from old to val; see Leaser.

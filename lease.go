@@ -45,19 +45,6 @@ const leasePrefix = markerPrefix + `lease:`
 
 func isLease(b []byte) bool { return bytes.HasPrefix(b, []byte(leasePrefix)) }
 
-// refusedPrefix starts a refused lease: what a write leaves of a lease it
-// found, for the rest of the lease's time, followed by the lease's token.
-// The lease's holder then hands its value to the lease's waiters instead
-// of filling (see leaseHandoff), and new readers take the key over.
-const refusedPrefix = markerPrefix + `refused:`
-
-func isRefused(b []byte) bool { return bytes.HasPrefix(b, []byte(refusedPrefix)) }
-
-// refusedOf returns the refused form of lease.
-func refusedOf(lease []byte) []byte {
-	return append([]byte(refusedPrefix), lease[len(leasePrefix):]...)
-}
-
 // newLease returns a lease with a fresh random token of 126 bits, from
 // math/rand/v2's ChaCha8 source (tokens need to be unique, not secret),
 // and when it was made (Unix microseconds, base 36), which tells a waiter
@@ -100,15 +87,13 @@ const (
 	leaseValue                       // the key holds a fresh value or "not found"
 	leaseMoved                       // the key changed while we took it over
 	leaseWriting                     // a write is in progress: read the source, do not fill
-	leaseHanded                      // the lease waited for handed over its refused fill
-	leasePending                     // the lease waited for was refused: its holder will hand over
 	leaseFailed                      // the cache failed
 )
 
 // leaseTry is what takeLease found.
 type leaseTry[V any] struct {
 	out   leaseOutcome
-	v     *V              // leaseValue, leaseHanded: the value, nil for "not found"
+	v     *V              // leaseValue: the value, nil for "not found"
 	exp   time.Time       // leaseValue: when v stops being fresh
 	held  []byte          // leaseForeign: the other lease
 	stale stale[V]        // leaseTaken: the stale entry the lease replaced
@@ -117,40 +102,22 @@ type leaseTry[V any] struct {
 }
 
 // takeLease tries to place lease on key: on an empty key, or over a stale
-// or corrupt entry, which it replaces by compare-and-swap. A caller that
-// waits for the lease seen (nil for none) takes the value that seen's
-// holder handed over, if its fill was refused (see leaseHandoff).
-func (a *Aside[K, V]) takeLease(ctx context.Context, id K, key string, lease, seen []byte) leaseTry[V] {
+// or corrupt entry, which it replaces by compare-and-swap.
+func (a *Aside[K, V]) takeLease(ctx context.Context, id K, key string, lease []byte) leaseTry[V] {
 	at := time.Now()
-	var held, handed []byte
-	var err error
-	if seen != nil && a.g.handoff != nil {
-		held, handed, err = a.g.pollLease(ctx, key, seen, lease, a.o.leaseTTL)
-	} else {
-		held, err = a.g.setNX(ctx, key, lease, a.o.leaseTTL)
-	}
+	held, err := a.g.setNX(ctx, key, lease, a.o.leaseTTL)
 	switch {
 	case err != nil:
 		return leaseTry[V]{out: leaseFailed, err: err}
-	case handed != nil:
-		switch f := a.decode(ctx, id, key, handed, false); f.st {
-		case stHit:
-			return leaseTry[V]{out: leaseHanded, v: f.v, exp: f.exp}
-		case stAbsent:
-			return leaseTry[V]{out: leaseHanded}
-		}
-		return leaseTry[V]{out: leaseMoved} // unusable: look again
 	case held == nil:
 		return leaseTry[V]{out: leaseTaken}
 	case isWriting(held):
 		return leaseTry[V]{out: leaseWriting}
 	case isLease(held):
 		return leaseTry[V]{out: leaseForeign, held: held}
-	case seen != nil && isRefused(held) && bytes.Equal(held, refusedOf(seen)):
-		return leaseTry[V]{out: leasePending, held: seen}
 	}
 	t := leaseTry[V]{out: leaseTaken}
-	f := a.decode(ctx, id, key, held, false) // another lease's refused form is a miss: take it over
+	f := a.decode(ctx, id, key, held, false)
 	switch f.st {
 	case stHit:
 		return leaseTry[V]{out: leaseValue, v: f.v, exp: f.exp}
@@ -173,20 +140,25 @@ func (a *Aside[K, V]) takeLease(ctx context.Context, id K, key string, lease, se
 // leaseLoad places a lease on f.key and loads, or waits for the holder of
 // another caller's lease to fill the key, polling with backoff. It takes the
 // key over when the other lease ends without a value (its holder failed or
-// died and the lease expired), and after waiting WithLeaseWait it loads
-// without filling.
+// died and the lease expired), or when the holder is slower than
+// WithLeaseWait.
+//
+// A holder whose fill is refused (a write removed its lease while it read)
+// does not return what it read: its read may have come after a later
+// write's commit, while the cache still serves that write's predecessor
+// (a write deletes the cache entry only after it commits), and returning
+// it would let one caller see the new row and a later one the old. It
+// looks at the key again instead, as a new caller would.
 func (a *Aside[K, V]) leaseLoad(ctx context.Context, id K, f fill, r *result[V]) {
-	lease := newLease()
 	deadline := time.Now().Add(a.o.leaseWait)
 	backoff := leaseBackoffMin
 	waited := false
 	var seen []byte         // the foreign lease the backoff has grown on
-	var sawAt time.Time     // when the last look that found seen itself was sent
-	pinned := false         // seen was refused: its holder will hand its value over
 	var first time.Duration // how long seen's holder should still take, if known
 	for {
+		lease := newLease()
 		at := time.Now()
-		t := a.takeLease(ctx, id, f.key, lease, seen)
+		t := a.takeLease(ctx, id, f.key, lease)
 		switch {
 		case t.out == leaseFailed && ctx.Err() != nil:
 			r.err = wrapErr("load "+f.key, ctx.Err())
@@ -206,9 +178,11 @@ func (a *Aside[K, V]) leaseLoad(ctx context.Context, id K, f fill, r *result[V])
 			if t.stale.v != nil {
 				r.stale, f.restore = t.stale, t.stale.raw
 			}
-			f.mode, f.expect = fillSwap, lease
-			a.loadInto(ctx, id, f, r)
-			return
+			if a.holdAndLoad(ctx, id, f, lease, r) {
+				return
+			}
+			seen, backoff = nil, leaseBackoffMin
+			continue
 		case t.out == leaseValue:
 			r.fresh = at
 			if t.v == nil {
@@ -217,36 +191,15 @@ func (a *Aside[K, V]) leaseLoad(ctx context.Context, id K, f fill, r *result[V])
 				r.val, r.shared, r.exp = *t.v, true, t.exp
 			}
 			return
-		case t.out == leaseHanded:
-			// The holder of seen read the source after seen was placed,
-			// and seen was still there when sawAt's look was sent: every
-			// write acknowledged before then had deleted the key first, so
-			// the value includes it. It is not in the shared cache.
-			a.m.handoffs.Add(1)
-			r.fresh = sawAt
-			if t.v == nil {
-				r.err = a.notFound
-			} else {
-				r.val, r.exp = *t.v, t.exp
-			}
-			return
 		}
-		// Another caller's lease, a key that changed under the takeover (a
-		// new holder too), or seen refused: wait for the holder's value.
-		switch {
-		case t.out == leasePending:
-			pinned = true
-		case pinned && t.out == leaseForeign:
-			// A new holder, but seen's holder is still to hand over, and
-			// its value is owed to this caller: keep waiting for it too.
-		case !bytes.Equal(t.held, seen):
+		// Another caller's lease, or a key that changed under the
+		// takeover (a new holder too): wait for the holder's value.
+		if !bytes.Equal(t.held, seen) {
 			// A new holder: the key made progress (a fill, or a delete that
-			// beat it), so poll at the start of the backoff again, or
-			// when its load should end, if that is later.
-			seen, sawAt, backoff, pinned = t.held, at, leaseBackoffMin, false
+			// beat it), so poll at the start of the backoff again, or when
+			// its load should end, if that is later.
+			seen, backoff = t.held, leaseBackoffMin
 			first = a.expectedLoadLeft(seen)
-		default:
-			sawAt = at
 		}
 		if !waited {
 			waited = true
@@ -258,11 +211,7 @@ func (a *Aside[K, V]) leaseLoad(ctx context.Context, id K, f fill, r *result[V])
 			// beside its lease would not do: the holder's fill of an older
 			// read could land after this caller returned a newer row.
 			a.m.leaseTimeouts.Add(1)
-			cur := seen
-			if pinned {
-				cur = refusedOf(seen)
-			}
-			ok, err := a.g.cas(ctx, f.key, cur, lease, a.o.leaseTTL)
+			ok, err := a.g.cas(ctx, f.key, seen, lease, a.o.leaseTTL)
 			switch {
 			case err != nil:
 				a.cacheFailed(ctx, f.key, err)
@@ -270,12 +219,12 @@ func (a *Aside[K, V]) leaseLoad(ctx context.Context, id K, f fill, r *result[V])
 				return
 			case ok:
 				a.log.WarnContext(ctx, "cacheaside: took a key over from a lease holder slower than WithLeaseWait", "key", f.key)
-				f.mode, f.expect = fillSwap, lease
-				a.loadInto(ctx, id, f, r)
-				return
+				if a.holdAndLoad(ctx, id, f, lease, r) {
+					return
+				}
 			}
 			deadline = time.Now().Add(a.o.leaseWait) // the key moved on: wait for it again
-			seen, pinned = nil, false
+			seen = nil
 			continue
 		}
 		wait := backoff/2 + rand.N(backoff)
@@ -293,6 +242,23 @@ func (a *Aside[K, V]) leaseLoad(ctx context.Context, id K, f fill, r *result[V])
 		}
 		backoff = min(backoff*3/2, leaseBackoffMax)
 	}
+}
+
+// holdAndLoad loads as the holder of lease and fills under it. It reports
+// false, leaving r as it found it, when the fill was refused: the caller
+// looks at the key again (see leaseLoad).
+func (a *Aside[K, V]) holdAndLoad(ctx context.Context, id K, f fill, lease []byte, r *result[V]) bool {
+	lost := false
+	f.mode, f.expect, f.lost = fillSwap, lease, &lost
+	before := *r
+	a.loadInto(ctx, id, f, r)
+	if !lost || ctx.Err() != nil {
+		return true
+	}
+	a.m.refusedReloads.Add(1)
+	*r = before
+	r.loaded = true
+	return false
 }
 
 // expectedLoadLeft estimates how long the holder of lease has left to

@@ -93,10 +93,11 @@ func TestLease_StaleFillAcrossInstances(t *testing.T) {
 
 		require.NoError(t, writer.UpdateUser(ctx, &User{ID: u.ID, Name: "new", Email: u.Email}))
 		close(release)
-		require.Equal(t, "old", (<-stale).Name, "the holder returns what it read to its own caller")
+		require.Equal(t, "new", (<-stale).Name, "the holder lost its lease: it looks again, and loads the new row")
 		require.Equal(t, int64(1), reader.GetMetrics().StaleFillsSkipped, "the reader's fill must be refused")
-		_, ok = b.raw(key)
-		require.False(t, ok, "the old row must not be in the cache")
+		require.Equal(t, int64(1), reader.GetMetrics().RefusedFillReloads)
+		raw, _ = b.raw(key)
+		require.NotContains(t, raw, `"old"`, "the old row must not be in the cache")
 
 		third := NewUserService(repo, b.fork(t))
 		for _, svc := range []*UserService{reader, writer, third, reader} {
@@ -378,58 +379,69 @@ func TestLease_WithoutExpiryIsNoLease(t *testing.T) {
 	})
 }
 
-// TestLease_RefusedFillIsHandedToWaiters: a write that finds a holder's
-// lease refuses it rather than deleting it, so the holder's waiters, in
-// other instances, neither follow a new holder nor load themselves: they
-// take the value the holder read, which the refused fill hands over. A read
-// that starts after the write still loads the new row.
-func TestLease_RefusedFillIsHandedToWaiters(t *testing.T) {
+// holdBeforeRead is a repository whose first read waits, before it reads,
+// until the test lets it go.
+type holdBeforeRead struct {
+	*testRepo
+	once             sync.Once
+	entered, release chan struct{}
+}
+
+func (r *holdBeforeRead) GetUser(ctx context.Context, id int) (*User, error) {
+	r.once.Do(func() {
+		close(r.entered)
+		<-r.release
+	})
+	return r.testRepo.GetUser(ctx, id)
+}
+
+// TestLease_RefusedHolderLooksAgain: a holder whose lease a write removed,
+// and whose read comes only after a later write committed, neither fills
+// nor returns that read: it looks at the key again, finds the later
+// write's marker, and answers from the source, as every other reader does
+// meanwhile.
+func TestLease_RefusedHolderLooksAgain(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
 		ctx := context.Background()
-		repo := newTestRepo()
-		u := seedUser(t, repo, "v0")
+		repo := &holdBeforeRead{testRepo: newTestRepo(), entered: make(chan struct{}), release: make(chan struct{})}
+		u := seedUser(t, repo.testRepo, "v0")
 		holder := NewUserService(repo, b.fork(t))
-		waiter := NewUserService(repo, b.fork(t))
-		writer := NewUserService(repo, b.fork(t))
-		for _, s := range []*UserService{holder, waiter, writer} {
+		writer := NewUserService(repo.testRepo, b.fork(t))
+		reader := NewUserService(repo.testRepo, b.fork(t))
+		for _, s := range []*UserService{holder, writer, reader} {
 			t.Cleanup(func() { s.Close() })
 		}
-		key := userCacheKey(u.ID)
-		// A first write tells the writer that the fleet has no local tiers:
-		// the next one leaves no intent, and finds the lease.
-		require.NoError(t, writer.UpdateUser(ctx, &User{ID: u.ID, Name: "v1", Email: u.Email}))
-		gets := repo.gets.Load()
-
-		entered, release := holdFirstRead(repo)
 		held := getAsync(t, holder, u.ID)
-		<-entered // the holder has v1 in hand, under its lease
-		waited := getAsync(t, waiter, u.ID)
-		require.Eventually(t, func() bool { return waiter.GetMetrics().LeaseWaits == 1 }, 5*time.Second, time.Millisecond)
+		awaitEntered(t, repo.entered) // the holder has its lease, and has not read yet
+		require.NoError(t, writer.UpdateUser(ctx, &User{ID: u.ID, Name: "v1", Email: u.Email}))
+		got, err := reader.GetUser(ctx, u.ID) // loads v1 under a lease of its own, and fills
+		require.NoError(t, err)
+		require.Equal(t, "v1", got.Name)
 
-		require.NoError(t, writer.UpdateUser(ctx, &User{ID: u.ID, Name: "v2", Email: u.Email}))
-		raw, _ := b.raw(key)
-		require.True(t, isRefused([]byte(raw)), "the write must refuse the lease, found %q", raw)
-		// A caller in the waiter's process that begins now joins its flight,
-		// but is owed v2.
-		late := getAsync(t, waiter, u.ID)
-		select {
-		case got := <-waited:
-			t.Fatalf("the waiter returned %v before the holder handed over", got)
-		case <-time.After(30 * time.Millisecond):
-		}
+		committed, finish := make(chan struct{}), make(chan struct{})
+		done := make(chan error, 1)
+		go func() {
+			done <- writer.users.Write(ctx, u.ID, func(ctx context.Context) error {
+				err := repo.testRepo.UpdateUser(ctx, &User{ID: u.ID, Name: "v2", Email: u.Email})
+				close(committed)
+				<-finish // committed, not yet deleted from the cache
+				return err
+			})
+		}()
+		<-committed
+		close(repo.release) // the holder reads v2 now
+		require.Equal(t, "v2", (<-held).Name, "the holder lost its lease: it answers from the source past the marker")
+		require.Equal(t, int64(1), holder.GetMetrics().RefusedFillReloads)
+		raw, _ := b.raw(userCacheKey(u.ID))
+		require.True(t, strings.HasPrefix(raw, writingPrefix), "the second write's marker, not the holder's read, holds the key: %q", raw)
+		got, err = reader.GetUser(ctx, u.ID)
+		require.NoError(t, err)
+		require.Equal(t, "v2", got.Name)
 
-		close(release)
-		require.Equal(t, "v1", (<-held).Name)
-		require.Equal(t, "v1", (<-waited).Name, "the waiter began before the write was acknowledged: the holder's value is right for it")
-		require.Equal(t, "v2", (<-late).Name, "a caller that began after the write must not take the handed value")
-		require.Equal(t, int64(1), waiter.GetMetrics().LeaseHandoffs)
-		require.Equal(t, gets+2, repo.gets.Load(), "the waiter must not load; the late caller loads once")
-		require.Equal(t, int64(1), holder.GetMetrics().StaleFillsSkipped)
-
-		for _, s := range []*UserService{waiter, holder, writer} {
-			got, err := s.GetUser(ctx, u.ID)
-			require.NoError(t, err)
-			require.Equal(t, "v2", got.Name, "a read after the write must see it")
-		}
+		close(finish)
+		require.NoError(t, <-done)
+		got, err = holder.GetUser(ctx, u.ID)
+		require.NoError(t, err)
+		require.Equal(t, "v2", got.Name)
 	})
 }

@@ -152,12 +152,7 @@ func (m *MemoryCache) clearWrite(ctx context.Context, key string, marker []byte,
 		if !ok || (!bytes.Equal(held, marker) && bytes.HasPrefix(held, []byte(prefix))) {
 			break
 		}
-		var next []byte // delete, or refuse a lease (see rediscache's clearWrite)
-		left, _ := m.c.TTL(key)
-		if isLease(held) && left > 0 {
-			next = refusedOf(held)
-		}
-		if m.c.CompareAndSwap(key, held, next, left) {
+		if m.c.CompareAndSwap(key, held, nil, 0) {
 			break
 		}
 	}
@@ -254,56 +249,6 @@ func (m *MemoryCache) endWriteAnnounced(ctx context.Context, key string, marker 
 	return clearErr, ms, annErr
 }
 
-// handoffKey is where a refused fill under lease waits for the lease's
-// waiters: in the library's namespace, which no entity key reaches.
-func handoffKey(lease []byte) string { return "cacheaside:handoff:" + string(lease) }
-
-// fillLease fills key under lease, or hands val to lease's waiters (see
-// leaseHandoff).
-func (m *MemoryCache) fillLease(ctx context.Context, key string, lease, val []byte, ttl, hold time.Duration) (bool, error) {
-	if err := ctx.Err(); err != nil {
-		return false, err
-	}
-	if m.c.CompareAndSwap(key, lease, val, ttl) {
-		return true, nil
-	}
-	m.c.Set(handoffKey(lease), val, hold)
-	return false, nil
-}
-
-// pollLease looks at key again for a caller that waits for the lease seen
-// (see leaseHandoff).
-func (m *MemoryCache) pollLease(ctx context.Context, key string, seen, mine []byte, ttl time.Duration) (held, handed []byte, err error) {
-	if err := ctx.Err(); err != nil {
-		return nil, nil, err
-	}
-	for {
-		held, ok := m.c.Get(key)
-		switch {
-		case ok && bytes.Equal(held, seen):
-			return held, nil, nil
-		case ok && !isHeld(held) && !isRefused(held):
-			return held, nil, nil
-		}
-		if h, ok := m.c.Get(handoffKey(seen)); ok {
-			return nil, h, nil
-		}
-		switch {
-		case ok && isRefused(held) && !bytes.Equal(held, refusedOf(seen)):
-			// Another lease's refused form: take the key over.
-			if m.c.CompareAndSwap(key, held, mine, ttl) {
-				return nil, nil, nil
-			}
-			continue
-		case ok:
-			return held, nil, nil // seen refused, another lease, or an intent
-		}
-		if held, placed := m.c.SetNX(key, mine, ttl, markerPrefix); placed || held != nil {
-			return held, nil, nil
-		}
-	}
-}
-
 // claimRefresh claims key's early refresh (see refreshClaimer).
 func (m *MemoryCache) claimRefresh(ctx context.Context, key string, token []byte, ttl time.Duration) (bool, error) {
 	if err := ctx.Err(); err != nil {
@@ -331,14 +276,15 @@ func (m *MemoryCache) setNXMany(ctx context.Context, keys []string, leases [][]b
 	return held, make([]error, len(keys)), nil
 }
 
-// fillLeaseMany fills many keys under their leases (see batchLeaser).
-func (m *MemoryCache) fillLeaseMany(ctx context.Context, keys []string, leases, vals [][]byte, ttls []time.Duration, hold time.Duration) ([]bool, []error, error) {
+// casMany swaps many keys from their leases to their values (see
+// batchLeaser).
+func (m *MemoryCache) casMany(ctx context.Context, keys []string, leases, vals [][]byte, ttls []time.Duration) ([]bool, []error, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
 	ok := make([]bool, len(keys))
 	for i, k := range keys {
-		var err error
-		if ok[i], err = m.fillLease(ctx, k, leases[i], vals[i], ttls[i], hold); err != nil {
-			return nil, nil, err
-		}
+		ok[i] = m.c.CompareAndSwap(k, leases[i], vals[i], ttls[i])
 	}
 	return ok, make([]error, len(keys)), nil
 }

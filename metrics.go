@@ -59,10 +59,10 @@ type ServiceMetrics struct {
 	// LeaseWaitTimeouts counts loads that waited WithLeaseWait for another
 	// caller's lease and then read the source themselves.
 	LeaseWaitTimeouts int64
-	// LeaseHandoffs counts waits that ended with the value of the lease
-	// they waited for although its fill was refused: the holder hands what
-	// it read to the waiters that saw its lease.
-	LeaseHandoffs int64
+	// RefusedFillReloads counts lease holders whose fill was refused (a
+	// write removed the lease while they read) and that looked at the key
+	// again instead of returning what they read.
+	RefusedFillReloads int64
 	// BloomRejected counts reads answered "not found" by the Bloom filter
 	// (WithBloomFilter) without a load.
 	BloomRejected int64
@@ -162,7 +162,7 @@ type counters struct {
 	cacheErrs, writeErrs, invalErrs atomic.Int64
 	dbErrs, decodeErrs, staleFills  atomic.Int64
 	leaseWaits, leaseTimeouts       atomic.Int64
-	rejoins, handoffs               atomic.Int64
+	rejoins, refusedReloads         atomic.Int64
 	earlyRefreshes, writesRefused   atomic.Int64
 	bloomRejected                   atomic.Int64
 	cacheTimeouts, cacheRejected    atomic.Int64
@@ -216,7 +216,7 @@ func (c *counters) snapshot(size int64) ServiceMetrics {
 		LeaseWaits:              c.leaseWaits.Load(),
 		LeaseWaitTimeouts:       c.leaseTimeouts.Load(),
 		Rejoins:                 c.rejoins.Load(),
-		LeaseHandoffs:           c.handoffs.Load(),
+		RefusedFillReloads:      c.refusedReloads.Load(),
 		EarlyRefreshes:          c.earlyRefreshes.Load(),
 		WritesRefused:           c.writesRefused.Load(),
 		BloomRejected:           c.bloomRejected.Load(),

@@ -70,16 +70,17 @@ func TestRecorder_ToldEveryOutcome(t *testing.T) {
 		// Concurrent misses: one loads, the others share it.
 		u2 := seedUser(t, repo, "rec2")
 		entered, release := holdFirstRead(repo)
+		joined := make(chan struct{}, 2)
+		svc.users.onJoin = func(string) { joined <- struct{}{} }
 		first := getAsync(t, svc, u2.ID)
 		<-entered
-		joined := make(chan struct{})
-		svc.users.onJoin = func(string) { joined <- struct{}{} }
+		<-joined // the leader's own
 		second := getAsync(t, svc, u2.ID)
 		<-joined
-		svc.users.onJoin = nil
 		close(release)
 		<-first
 		<-second
+		svc.users.onJoin = nil
 		reads, _, _ = rec.take()
 		require.ElementsMatch(t, []Result{ResultMiss, ResultShared}, reads)
 

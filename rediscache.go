@@ -323,36 +323,10 @@ func busMembers(ms []rediscache.Member) []busMember {
 	return out
 }
 
-// fillLease fills key under lease, or hands val to lease's waiters (see
-// leaseHandoff).
-func (r *RedisCache) fillLease(ctx context.Context, key string, lease, val []byte, ttl, hold time.Duration) (bool, error) {
-	if err := r.ready(); err != nil {
-		return false, err
-	}
-	ok, err := r.c.FillLease(ctx, key, lease, val, ttl, hold)
-	if err != nil {
-		return false, wrapErr("redis lease fill "+key, err)
-	}
-	return ok, nil
-}
-
-// pollLease looks at key again for a caller that waits for the lease seen
-// (see leaseHandoff).
-func (r *RedisCache) pollLease(ctx context.Context, key string, seen, mine []byte, ttl time.Duration) (held, handed []byte, err error) {
-	if err := r.ready(); err != nil {
-		return nil, nil, err
-	}
-	held, handed, err = r.c.PollLease(ctx, key, seen, mine, ttl, markerPrefix, markers(writingPrefix))
-	if err != nil {
-		return nil, nil, wrapErr("redis lease poll "+key, err)
-	}
-	return held, handed, nil
-}
-
 // markers names the root package's markers for the adapter, with intent
 // the prefix of write intents.
 func markers(intent string) rediscache.Markers {
-	return rediscache.Markers{Intent: intent, Lease: leasePrefix, Refused: refusedPrefix}
+	return rediscache.Markers{Intent: intent, Lease: leasePrefix}
 }
 
 // claimRefresh claims key's early refresh for the fleet (see
@@ -392,13 +366,13 @@ func (r *RedisCache) setNXMany(ctx context.Context, keys []string, leases [][]by
 	return held, errs, nil
 }
 
-// fillLeaseMany fills many keys under their leases in one round trip (see
-// batchLeaser).
-func (r *RedisCache) fillLeaseMany(ctx context.Context, keys []string, leases, vals [][]byte, ttls []time.Duration, hold time.Duration) ([]bool, []error, error) {
+// casMany swaps many keys from their leases to their values in one round
+// trip (see batchLeaser).
+func (r *RedisCache) casMany(ctx context.Context, keys []string, leases, vals [][]byte, ttls []time.Duration) ([]bool, []error, error) {
 	if err := r.ready(); err != nil {
 		return nil, nil, err
 	}
-	ok, errs, err := r.c.FillLeaseMany(ctx, keys, leases, vals, ttls, hold)
+	ok, errs, err := r.c.CompareAndSwapMany(ctx, keys, leases, vals, ttls)
 	if err != nil {
 		return nil, nil, wrapErr("redis lease fills", err)
 	}

@@ -167,8 +167,9 @@ func TestSingleFlight_ReadAfterWrite(t *testing.T) {
 		require.Equal(t, "new", fresh.Name)
 
 		close(release)
-		old := <-stale
-		require.Equal(t, "old", old.Name, "the overlapping reader returns what it read")
+		again := <-stale
+		require.Equal(t, "new", again.Name, "a holder whose fill was refused looks again instead of returning the row it read")
+		require.Equal(t, int64(1), svc.GetMetrics().RefusedFillReloads)
 
 		// The old load's fill must have been dropped or overwritten.
 		for range 3 {
@@ -248,9 +249,9 @@ func TestSingleFlight_LoadKeepsContextValues(t *testing.T) {
 }
 
 // TestSingleFlight_LateJoinerLooksAgain: a caller that joins a flight after
-// a write in another process was acknowledged does not take the flight's
-// result, which predates the write (its fill was refused): it looks at the
-// cache again and loads the new row.
+// a write in another process was acknowledged does not get the row the
+// flight read before the write: the leader's fill is refused, so it looks
+// at the cache again and loads the new row, for itself and the late caller.
 func TestSingleFlight_LateJoinerLooksAgain(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
 		ctx := context.Background()
@@ -270,10 +271,10 @@ func TestSingleFlight_LateJoinerLooksAgain(t *testing.T) {
 		late := getAsync(t, reader, u.ID)
 		<-joined // the late reader waits on the old flight
 		close(release)
-		require.Equal(t, "old", (<-first).Name, "the flight's leader overlapped the write")
+		require.Equal(t, "new", (<-first).Name, "the flight's leader overlapped the write: its fill was refused, so it looked again")
 		require.Equal(t, "new", (<-late).Name, "a caller that began after the write must not get the old row")
 		m := reader.GetMetrics()
-		require.Equal(t, int64(1), m.Rejoins)
+		require.Equal(t, int64(1), m.RefusedFillReloads, "the leader looked again")
 		require.Equal(t, int64(1), m.StaleFillsSkipped)
 	})
 }

@@ -82,8 +82,9 @@ type batchLeaser interface {
 	// setNXMany is SetNX for each key: held[i] is nil where leases[i] was
 	// placed; errs[i] reports a key whose command failed.
 	setNXMany(ctx context.Context, keys []string, leases [][]byte, ttl time.Duration) (held [][]byte, errs []error, err error)
-	// fillLeaseMany is fillLease (see leaseHandoff) for each key.
-	fillLeaseMany(ctx context.Context, keys []string, leases, vals [][]byte, ttls []time.Duration, hold time.Duration) (ok []bool, errs []error, err error)
+	// casMany is Leaser.CompareAndSwap for each key, from leases[i] to
+	// vals[i] for ttls[i].
+	casMany(ctx context.Context, keys []string, leases, vals [][]byte, ttls []time.Duration) (ok []bool, errs []error, err error)
 }
 
 // Warm loads the values with the given IDs into the cache, in batches,
@@ -198,7 +199,7 @@ func (a *Aside[K, V]) warmBatch(ctx context.Context, ids []K) (WarmStats, error)
 		}
 	case a.g.leaser != nil:
 		for i, id := range ids {
-			switch t := a.takeLease(ctx, id, keys[i], leases[i], nil); t.out {
+			switch t := a.takeLease(ctx, id, keys[i], leases[i]); t.out {
 			case leaseTaken:
 				load = append(load, i)
 			case leaseValue:
@@ -276,7 +277,7 @@ func (a *Aside[K, V]) warmBatch(ctx context.Context, ids []K) (WarmStats, error)
 	}
 	switch {
 	case pipelined && len(fkeys) > 0:
-		ok, errs, err := bl.fillLeaseMany(ctx, fkeys, flease, fvals, fttls, a.o.leaseTTL)
+		ok, errs, err := bl.casMany(ctx, fkeys, flease, fvals, fttls)
 		if err != nil {
 			st.Failed += len(fkeys)
 			return st, wrapErr("warm fill", err)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strconv"
@@ -31,23 +32,24 @@ import (
 //     by itself after the load timeout anyway: an empty key, never the old
 //     value.
 //
-// A writer without a local tier leaves steps 1's marker out while the bus
-// counts no members (see bus.quiet and doc.go): step 3 then deletes the
-// old value, and the write costs one round trip to the cache instead of
-// two.
+// Every write places the marker, with or without local tiers: a write that
+// only deleted the old value after the source changed would leave it
+// readable by every other process whenever that delete failed.
 //
-// If the intent cannot be placed (the cache is down), the write goes on:
-// the cache then holds the old value until step 3's delete lands, and until
-// then this process reads the key from the source (see invalidation.go).
+// If the intent cannot be placed (the cache stayed down for the cache
+// timeout), the write goes on: the cache then holds the old value until
+// step 3's delete lands, and until then this process reads the key from
+// the source (see invalidation.go). With strict local tiers the write
+// fails instead (see beginWrite).
 
 // writingPrefix starts every write-intent marker; a random token follows.
 const writingPrefix = markerPrefix + `writing:`
 
 func isWriting(b []byte) bool { return bytes.HasPrefix(b, []byte(writingPrefix)) }
 
-// isHeld reports whether b is a lease, a refused lease or a write intent:
-// a key that some caller is working on, which holds no value to read.
-func isHeld(b []byte) bool { return isLease(b) || isWriting(b) || isRefused(b) }
+// isHeld reports whether b is a lease or a write intent: a key that some
+// caller is working on, which holds no value to read.
+func isHeld(b []byte) bool { return isLease(b) || isWriting(b) }
 
 func newWriteMarker() []byte {
 	b := make([]byte, 0, len(writingPrefix)+33)
@@ -57,16 +59,11 @@ func newWriteMarker() []byte {
 	return append(b, '"')
 }
 
-// intentAttempts is how many times a write tries to place its intent
-// before it goes on without it: a connection reset costs one attempt.
-const intentAttempts = 2
-
 // writeOp is one write in progress: its ID on the bus, and the intent it
 // placed in the cache, if any.
 type writeOp struct {
 	id     string
 	marker []byte
-	bare   bool // no intent, by choice: the fleet has no local tiers (see beginWrite)
 }
 
 // writeAnnouncer is what the adapters of this package offer to begin and
@@ -90,12 +87,6 @@ func (a *Aside[K, V]) beginWrite(ctx context.Context, key string) (writeOp, erro
 		a.tier.invalidate(key, msgPrepare)
 	}
 	wa, ok := a.g.c.(writeAnnouncer)
-	if ok && a.tier == nil && a.g.leaser != nil && a.g.clearer != nil && a.bus != nil && a.bus.quiet(mono()) {
-		// The marker is there for the members' sake: in a fleet that has
-		// none, a write costs one round trip, after the source changed.
-		w.bare = true
-		return w, nil
-	}
 	if !ok || a.g.leaser == nil || a.bus == nil || !a.bus.strict {
 		w.marker = a.placeIntent(ctx, key)
 		if a.bus != nil && a.bus.strict {
@@ -105,26 +96,46 @@ func (a *Aside[K, V]) beginWrite(ctx context.Context, key string) (writeOp, erro
 	}
 	marker := newWriteMarker()
 	msg := busMsg{kind: msgPrepare, id: w.id, key: key}.encode()
-	var res announced
-	sent := mono()
-	// A write that cannot announce itself to the members it knows of
-	// fails, so it is given up to a lease, not a read's time box, first.
+	// A write that cannot announce itself may fail (below), so it is given
+	// up to a lease, not a read's time box, per attempt, and attempts go
+	// on for two boxes (a cold connection, a reset): both halves may be
+	// sent twice, which members and the marker take in their stride.
+	mustTell := a.tier != nil || a.bus.members.Load()
 	box := a.o.cacheTimeout
-	if a.bus.members.Load() {
+	if mustTell {
 		box = max(box, a.bus.lease)
 	}
-	markErr := a.g.doWithin(context.WithoutCancel(ctx), a.g.shard(key), box, func(ctx context.Context) error {
-		markErr, members, annErr := wa.beginWriteAnnounced(ctx, key, marker, a.o.loadTimeout, msg)
-		res.set(members, annErr)
-		return markErr
-	})
-	members, annErr := res.get(markErr)
+	var (
+		sent           int64
+		markErr        error
+		members        []busMember
+		annErr         error
+		deadline       = time.Now().Add(2 * box)
+		shard          = a.g.shard(key)
+		uncancelledCtx = context.WithoutCancel(ctx)
+	)
+	for {
+		var res announced
+		sent = mono()
+		markErr = a.g.doWithin(uncancelledCtx, shard, box, func(ctx context.Context) error {
+			markErr, members, annErr := wa.beginWriteAnnounced(ctx, key, marker, a.o.loadTimeout, msg)
+			res.set(members, annErr)
+			return markErr
+		})
+		members, annErr = res.get(markErr)
+		if (markErr == nil && annErr == nil) || !mustTell || errors.Is(markErr, errBreakerOpen) || !time.Now().Before(deadline) {
+			break
+		}
+	}
 	if markErr == nil {
 		w.marker = marker
 	} else {
 		w.marker = a.placeIntent(ctx, key) // one more try
 	}
-	if err := cmp.Or(annErr, markErr); (annErr != nil || w.marker == nil) && a.bus.members.Load() {
+	// A writer with a tier of its own is in a fleet of members, whether or
+	// not its last announcement counted any (none yet, at its first
+	// write); one without refuses when it counted members.
+	if err := cmp.Or(annErr, markErr); (annErr != nil || w.marker == nil) && mustTell {
 		a.refuseWrite(ctx, key, w)
 		return w, fmt.Errorf("%w: a write must reach the local tiers' bus before it changes the source: %w", ErrCacheUnavailable, err)
 	}
@@ -183,11 +194,18 @@ func (a *Aside[K, V]) placeIntent(ctx context.Context, key string) []byte {
 	}
 	marker := newWriteMarker()
 	ctx = context.WithoutCancel(ctx)
+	// A connection reset costs one attempt, not the intent: attempts go on
+	// for the cache timeout.
+	deadline := time.Now().Add(a.o.cacheTimeout)
 	var err error
-	for range intentAttempts {
+	for attempt := 0; attempt < 2 || time.Now().Before(deadline); attempt++ {
 		if err = a.g.set(ctx, key, marker, a.o.loadTimeout); err == nil {
 			return marker
 		}
+		if errors.Is(err, errBreakerOpen) {
+			break
+		}
+		time.Sleep(min(time.Duration(attempt+1)*5*time.Millisecond, 50*time.Millisecond))
 	}
 	a.log.WarnContext(ctx, "cacheaside: write intent not placed; the write goes on, and its delete is retried until it lands", "key", key, "err", err)
 	return nil
@@ -198,7 +216,7 @@ func (a *Aside[K, V]) placeIntent(ctx context.Context, key string) []byte {
 // key's delete has landed, and tells the members, waiting for them with a
 // strict bus. w is what beginWrite returned.
 func (a *Aside[K, V]) endWrite(ctx context.Context, key string, w writeOp, related []string, seqs []int64) error {
-	if (w.marker == nil && !w.bare) || a.g.clearer == nil {
+	if w.marker == nil || a.g.clearer == nil {
 		return a.invalidateAs(ctx, w.id, key, related, seqs)
 	}
 	a.gens.bump(key)

@@ -45,12 +45,11 @@ func midWrite(t *testing.T, svc *UserService, repo *gatedRepo, u *User, name str
 	repo.release = make(chan struct{})
 }
 
-// TestWrite_IntentOnlyWhereMembersMayBe: a writer without a local tier
-// places a write-intent marker until an announcement tells it the fleet has
-// no members; from then on, for a lease, its writes cost one round trip
-// after the source changed and leave the old value in place meanwhile. As
-// soon as a member is counted, its writes carry the marker again.
-func TestWrite_IntentOnlyWhereMembersMayBe(t *testing.T) {
+// TestWrite_AlwaysPlacesIntent: every write replaces the key with a
+// write-intent marker before the source changes, whether or not the fleet
+// has members with local tiers: a write that deleted the old value only
+// afterwards would leave it readable everywhere if that delete failed.
+func TestWrite_AlwaysPlacesIntent(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
 		ctx := context.Background()
 		repo := newGatedRepo()
@@ -62,39 +61,29 @@ func TestWrite_IntentOnlyWhereMembersMayBe(t *testing.T) {
 			raw, _ := b.raw(key)
 			return raw
 		}
-
-		_, err := w.GetUser(ctx, u.ID)
-		require.NoError(t, err)
-		midWrite(t, w, repo, u, "v1", func() {
-			require.True(t, strings.HasPrefix(held(), writingPrefix), "the first write knows nothing of the fleet: it must place its intent, found %q", held())
-		})
-
-		_, err = w.GetUser(ctx, u.ID)
-		require.NoError(t, err)
-		midWrite(t, w, repo, u, "v2", func() {
-			require.Contains(t, held(), `"v1"`, "with no members counted a lease ago, the old value stays until the write is done")
-		})
-		got, err := w.GetUser(ctx, u.ID)
-		require.NoError(t, err)
-		require.Equal(t, "v2", got.Name)
-
-		m := newTierInstance(t, b, repo)
-		serving(t, m)
-		require.NoError(t, bareUpdate(ctx, w, repo, u, "v3")) // counts m
-		_, err = w.GetUser(ctx, u.ID)
-		require.NoError(t, err)
-		midWrite(t, w, repo, u, "v4", func() {
-			require.True(t, strings.HasPrefix(held(), writingPrefix), "a writer that counted a member must place its intent, found %q", held())
-		})
+		for v := range 3 {
+			if v == 2 { // and with a member counted
+				m := newTierInstance(t, b, repo)
+				serving(t, m)
+			}
+			_, err := w.GetUser(ctx, u.ID)
+			require.NoError(t, err)
+			midWrite(t, w, repo, u, "v"+itoa(int64(v+1)), func() {
+				require.True(t, strings.HasPrefix(held(), writingPrefix), "write %d: the old value must be gone before the source changes, found %q", v+1, held())
+			})
+			got, err := w.GetUser(ctx, u.ID)
+			require.NoError(t, err)
+			require.Equal(t, "v"+itoa(int64(v+1)), got.Name)
+		}
 	})
 }
 
-// TestWrite_JoinerFillsNothingDuringItsGrace: a member that joins while a
-// write without a marker is in progress finds the old value in the shared
-// cache, and must not keep it in memory, or it could serve it after the
-// write's new value was seen elsewhere. It fills nothing for its grace;
-// with no grace, the same reads fill its tier, which shows what the grace
-// keeps out.
+// TestWrite_JoinerFillsNothingDuringItsGrace: a member that joins finds
+// the old value in the shared cache while a write that went on without
+// its marker may still be changing the source; it must not keep it in
+// memory, or it could serve it after the write's new value was seen
+// elsewhere. It fills nothing for its grace; with no grace, the same reads
+// fill its tier, which shows what the grace keeps out.
 func TestWrite_JoinerFillsNothingDuringItsGrace(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
@@ -103,30 +92,27 @@ func TestWrite_JoinerFillsNothingDuringItsGrace(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			forEachBackend(t, func(t *testing.T, b backend) {
 				ctx := context.Background()
-				repo := newGatedRepo()
-				u := seedUser(t, repo, "v0")
+				repo := newTestRepo()
+				u := seedUser(t, repo, "v1")
 				w := NewUserService(repo, b.fork(t), WithRelatedKeys(nil))
 				t.Cleanup(func() { w.Close() })
-				// A write that counts no members, then the row cached.
-				require.NoError(t, bareUpdate(ctx, w, repo, u, "v1"))
-				_, err := w.GetUser(ctx, u.ID)
+				_, err := w.GetUser(ctx, u.ID) // v1 cached
 				require.NoError(t, err)
+				// The write that lost its marker: the source changes, the
+				// shared cache still holds v1 until its delete lands.
+				require.NoError(t, repo.UpdateUser(ctx, &User{ID: u.ID, Name: "v2", Email: u.Email}))
 
-				var joiner tierInstance
-				midWrite(t, w, repo, u, "v2", func() {
-					raw, _ := b.raw(userCacheKey(u.ID))
-					require.Contains(t, raw, `"v1"`, "the write must be one without a marker")
-					joiner = newTierInstance(t, b, repo, withJoinGrace(tc.grace))
-					require.Eventually(t, func() bool {
-						return strings.HasPrefix(joiner.svc.GetMetrics().Membership, "joining") ||
-							joiner.svc.GetMetrics().Membership == "serving"
-					}, 10*time.Second, 5*time.Millisecond)
-					for range 3 {
-						got, err := joiner.svc.GetUser(ctx, u.ID)
-						require.NoError(t, err)
-						require.Equal(t, "v1", got.Name)
-					}
-				})
+				joiner := newTierInstance(t, b, repo, withJoinGrace(tc.grace))
+				require.Eventually(t, func() bool {
+					return strings.HasPrefix(joiner.svc.GetMetrics().Membership, "joining") ||
+						joiner.svc.GetMetrics().Membership == "serving"
+				}, 10*time.Second, 5*time.Millisecond)
+				for range 3 {
+					got, err := joiner.svc.GetUser(ctx, u.ID)
+					require.NoError(t, err)
+					require.Equal(t, "v1", got.Name)
+				}
+				require.NoError(t, w.users.Invalidate(ctx, u.ID)) // the delete lands
 				local := joiner.svc.GetMetrics().LocalHits
 				if tc.grace == time.Minute {
 					require.Zero(t, local, "a joiner in its grace served from memory")
@@ -139,10 +125,4 @@ func TestWrite_JoinerFillsNothingDuringItsGrace(t *testing.T) {
 			})
 		})
 	}
-}
-
-// bareUpdate runs an update of u on w with the gate open.
-func bareUpdate(ctx context.Context, w *UserService, repo *gatedRepo, u *User, name string) error {
-	go func() { <-repo.entered; repo.release <- struct{}{} }()
-	return w.UpdateUser(ctx, &User{ID: u.ID, Name: name, Email: u.Email})
 }

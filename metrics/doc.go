@@ -119,7 +119,7 @@
 //	cacheaside_bloom_rejected_total             cacheaside.bloom_rejected            counter  {read}                        BloomRejected
 //	cacheaside_lease_waits_total                cacheaside.lease.waits               counter  {wait}                        LeaseWaits
 //	cacheaside_lease_wait_timeouts_total        cacheaside.lease.wait_timeouts       counter  {wait}                        LeaseWaitTimeouts
-//	cacheaside_lease_handoffs_total             cacheaside.lease.handoffs            counter  {wait}                        LeaseHandoffs
+//	cacheaside_lease_refused_reloads_total      cacheaside.lease.refused_reloads     counter  {load}                        RefusedFillReloads
 //	cacheaside_breaker_opens_total              cacheaside.breaker.opens             counter  {transition}  breaker: cache, repository
 //	                                                                                                        cache: CacheBreakerOpens; repository: RepositoryBreakerOpens
 //	cacheaside_breaker_rejected_calls_total     cacheaside.breaker.rejected_calls    counter  {call}        breaker: cache, repository

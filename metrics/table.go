@@ -73,7 +73,7 @@ var table = []row{
 	// Leases.
 	{"lease.waits", counter, "{wait}", "", "", func(m *snap) float64 { return float64(m.LeaseWaits) }, "Loads that found another caller's lease on their key and waited for its value."},
 	{"lease.wait_timeouts", counter, "{wait}", "", "", func(m *snap) float64 { return float64(m.LeaseWaitTimeouts) }, "Waits for another caller's lease that ran out (WithLeaseWait) and read the repository."},
-	{"lease.handoffs", counter, "{wait}", "", "", func(m *snap) float64 { return float64(m.LeaseHandoffs) }, "Waits that ended with the value the lease holder read although its fill was refused."},
+	{"lease.refused_reloads", counter, "{load}", "", "", func(m *snap) float64 { return float64(m.RefusedFillReloads) }, "Lease holders whose fill was refused and that looked at the key again instead of returning what they read."},
 
 	// Circuit breakers.
 	{"breaker.opens", counter, "{transition}", "breaker", "cache", func(m *snap) float64 { return float64(m.CacheBreakerOpens) }, "Times a circuit breaker opened, by breaker: cache (any shard's) or repository."},

@@ -206,7 +206,7 @@ func (c *Cache) EndWrite(ctx context.Context, key string, mine []byte, m Markers
 	var clear []redis.Cmder
 	var ann *redis.Cmd
 	_, _ = c.c.Pipelined(ctx, func(p redis.Pipeliner) error {
-		clear = append(clear, clearWrite.Eval(ctx, p, keys, mine, m.Intent, m.Lease, m.Refused))
+		clear = append(clear, clearWrite.Eval(ctx, p, keys, mine, m.Intent))
 		if c.cluster {
 			for _, k := range related {
 				clear = append(clear, p.Del(ctx, c.prefix+k))

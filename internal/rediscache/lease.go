@@ -126,20 +126,11 @@ func ms(ttl time.Duration) int64 {
 // clearWrite deletes KEYS[1] unless it holds a value other than ARGV[1]
 // that starts with ARGV[2] (another writer's intent), and deletes every
 // other key it is given. A key of another type than a string is deleted.
-//
-// A lease (a value that starts with ARGV[3]) with an expiry is not deleted
-// but refused: replaced, for the rest of its time, by ARGV[4] followed by
-// the lease's token, which tells its waiters that its holder will hand its
-// value over rather than fill (see pollLease).
 var clearWrite = redis.NewScript(`
 local t = redis.call('TYPE', KEYS[1])['ok']
 if t == 'string' then
   local v = redis.call('GET', KEYS[1])
-  local pttl = -1
-  if string.sub(v, 1, string.len(ARGV[3])) == ARGV[3] then pttl = redis.call('PTTL', KEYS[1]) end
-  if pttl > 0 then
-    redis.call('SET', KEYS[1], ARGV[4] .. string.sub(v, string.len(ARGV[3]) + 1), 'PX', pttl)
-  elseif v == ARGV[1] or string.sub(v, 1, string.len(ARGV[2])) ~= ARGV[2] then
+  if v == ARGV[1] or string.sub(v, 1, string.len(ARGV[2])) ~= ARGV[2] then
     redis.call('DEL', KEYS[1])
   end
 elseif t ~= 'none' then
@@ -149,75 +140,25 @@ for i = 2, #KEYS do redis.call('DEL', KEYS[i]) end
 return 1`)
 
 // Markers are the prefixes of what the root package stores besides
-// values: write intents, leases, and refused leases.
+// values: write intents and leases.
 type Markers struct {
-	Intent, Lease, Refused string
+	Intent, Lease string
 }
 
 // ClearWrite ends a write to key: it deletes key unless it holds a write
-// intent other than mine, refuses a lease it holds (see clearWrite), and
-// deletes related, in one script run. On a cluster, related must be in
-// key's slot.
+// intent other than mine, and deletes related, in one script run. On a
+// cluster, related must be in key's slot.
 func (c *Cache) ClearWrite(ctx context.Context, key string, mine []byte, m Markers, related []string) error {
 	keys := make([]string, 0, 1+len(related))
 	keys = append(keys, c.prefix+key)
 	for _, k := range related {
 		keys = append(keys, c.prefix+k)
 	}
-	return clearWrite.Run(ctx, c.c, keys, mine, m.Intent, m.Lease, m.Refused).Err()
+	return clearWrite.Run(ctx, c.c, keys, mine, m.Intent).Err()
 }
 
 // Cluster reports whether the cache talks to a Redis Cluster.
 func (c *Cache) Cluster() bool { return c.cluster }
-
-// fillLease replaces KEYS[1]'s value with ARGV[2] for ARGV[3] milliseconds
-// if it still holds the lease ARGV[1], and returns 1. Otherwise (a write
-// deleted or replaced the lease) it leaves ARGV[2] under KEYS[2], the
-// lease's handoff key, for ARGV[4] milliseconds, for the lease's waiters,
-// and returns 0.
-var fillLease = redis.NewScript(`
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  return 1
-end
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
-return 0`)
-
-// pollLease is what a caller that waits for the lease ARGV[1] does next:
-// it returns {0, v} when KEYS[1] still holds ARGV[1], or holds a value
-// (anything but a lease, a write intent or a refused lease: ARGV[4],
-// ARGV[5], ARGV[6]); {1, h} when the lease's handoff key KEYS[2] holds h,
-// the value of a fill that was refused; {0, v} when KEYS[1] holds the
-// refused form of ARGV[1] (its holder has yet to hand over), another lease
-// or an intent; and otherwise places the lease ARGV[2] for ARGV[3]
-// milliseconds and returns {2}. Like setNX, a lease or intent without an
-// expiry, and a key of another type, count as empty, and so does another
-// lease's refused form.
-var pollLease = redis.NewScript(`
-local t = redis.call('TYPE', KEYS[1])['ok']
-local v = false
-if t == 'string' then
-  v = redis.call('GET', KEYS[1])
-  local refused = string.sub(v, 1, string.len(ARGV[6])) == ARGV[6]
-  local held = refused or string.sub(v, 1, string.len(ARGV[4])) == ARGV[4] or string.sub(v, 1, string.len(ARGV[5])) == ARGV[5]
-  if not held then return {0, v} end
-  if redis.call('PTTL', KEYS[1]) < 0 then v = false end
-  if v == ARGV[1] then return {0, v} end
-  if v and refused and v ~= ARGV[6] .. string.sub(ARGV[1], string.len(ARGV[4]) + 1) then v = false end
-end
-local h = redis.call('GET', KEYS[2])
-if h then return {1, h} end
-if v then return {0, v} end
-if t ~= 'string' and t ~= 'none' then redis.call('DEL', KEYS[1]) end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-return {2}`)
-
-// HandoffKey returns the key under which a refused fill of key under lease
-// is left for the lease's waiters (see SideKey).
-func (c *Cache) HandoffKey(key string, lease []byte) (string, bool) {
-	token := strings.TrimSuffix(string(lease), `"`)
-	return c.SideKey("handoff", key, token[strings.LastIndexByte(token, ':')+1:])
-}
 
 // SideKey returns a key of the library's own about key: in the library's
 // namespace, under kind, in key's cluster slot, ending with suffix; ok is
@@ -257,53 +198,6 @@ func (c *Cache) DropRefresh(ctx context.Context, key string, token []byte) error
 	return compareAndSwap.Run(ctx, c.c, []string{k}, token, "", 0, "del").Err()
 }
 
-// FillLease swaps key from lease to b for ttl, or, if key no longer holds
-// lease, leaves b under lease's handoff key for hold; it reports whether
-// the swap happened. One round trip.
-func (c *Cache) FillLease(ctx context.Context, key string, lease, b []byte, ttl, hold time.Duration) (bool, error) {
-	hk, ok := c.HandoffKey(key, lease)
-	if !ok {
-		return c.CompareAndSwap(ctx, key, lease, b, ttl)
-	}
-	n, err := fillLease.Run(ctx, c.c, []string{c.prefix + key, hk}, lease, b, ms(ttl), ms(hold)).Int()
-	return n == 1, err
-}
-
-// PollLease is the next look at key of a caller that waits for the lease
-// seen (see pollLease): it returns what key holds, or the value handed
-// over by seen's refused fill, or, for an empty key, nil for both once it
-// placed mine for ttl. One round trip.
-//
-// markerPrefix starts every lease and intent (see SetNX), m names the
-// kinds.
-func (c *Cache) PollLease(ctx context.Context, key string, seen, mine []byte, ttl time.Duration, markerPrefix string, m Markers) (held, handed []byte, err error) {
-	hk, ok := c.HandoffKey(key, seen)
-	if !ok {
-		held, _, err = c.SetNX(ctx, key, mine, ttl, markerPrefix)
-		return held, nil, err
-	}
-	res, err := pollLease.Run(ctx, c.c, []string{c.prefix + key, hk}, seen, mine, ms(ttl), m.Lease, m.Intent, m.Refused).Slice()
-	if err != nil {
-		return nil, nil, err
-	}
-	if len(res) == 0 {
-		return nil, nil, errors.New("unexpected reply to the lease poll")
-	}
-	kind, _ := res[0].(int64)
-	var b []byte
-	if len(res) > 1 {
-		s, _ := res[1].(string)
-		b = []byte(s)
-	}
-	switch kind {
-	case 0:
-		return b, nil, nil
-	case 1:
-		return nil, b, nil
-	}
-	return nil, nil, nil
-}
-
 // SetNXMany is SetNX (by the script) for each key, in one pipeline: held[i]
 // is nil where vals[i] was placed, and what keys[i] holds otherwise. A key
 // whose command failed gets a non-nil errs[i].
@@ -328,16 +222,13 @@ func (c *Cache) SetNXMany(ctx context.Context, keys []string, vals [][]byte, ttl
 	return held, errs, nil
 }
 
-// FillLeaseMany is FillLease for each key, in one pipeline: ok[i] reports
-// whether keys[i] was filled, errs[i] what failed.
-func (c *Cache) FillLeaseMany(ctx context.Context, keys []string, leases, vals [][]byte, ttls []time.Duration, hold time.Duration) (ok []bool, errs []error, err error) {
+// CompareAndSwapMany is CompareAndSwap for each key (from leases[i] to
+// vals[i], for ttls[i]), in one pipeline: ok[i] reports whether keys[i]
+// changed, errs[i] what failed.
+func (c *Cache) CompareAndSwapMany(ctx context.Context, keys []string, leases, vals [][]byte, ttls []time.Duration) (ok []bool, errs []error, err error) {
 	cmds, err := c.pipelineScript(ctx, len(keys), func(p redis.Pipeliner, i int) *redis.Cmd {
-		hk, named := c.HandoffKey(keys[i], leases[i])
-		if !named {
-			return compareAndSwap.EvalSha(ctx, p, []string{c.prefix + keys[i]}, leases[i], vals[i], ms(ttls[i]), "set")
-		}
-		return fillLease.EvalSha(ctx, p, []string{c.prefix + keys[i], hk}, leases[i], vals[i], ms(ttls[i]), ms(hold))
-	}, fillLease, compareAndSwap)
+		return compareAndSwap.EvalSha(ctx, p, []string{c.prefix + keys[i]}, leases[i], vals[i], ms(ttls[i]), "set")
+	}, compareAndSwap)
 	if err != nil {
 		return nil, nil, err
 	}
