@@ -64,10 +64,6 @@ func newWriteMarker() []byte {
 type writeOp struct {
 	id     string
 	marker []byte
-	// down: the cache did not answer the write's first step (a time-out or
-	// an open breaker); its delete goes straight to the retry queue rather
-	// than making the write wait on the cache twice.
-	down bool
 }
 
 // writeAnnouncer is what the adapters of this package offer to begin and
@@ -131,13 +127,10 @@ func (a *Aside[K, V]) beginWrite(ctx context.Context, key string) (writeOp, erro
 			break
 		}
 	}
-	switch {
-	case markErr == nil:
+	if markErr == nil {
 		w.marker = marker
-	case !mustTell && errors.Is(markErr, ErrCacheUnavailable):
-		w.down = true // no answer, or an open breaker: do not wait again
-	default:
-		w.marker = a.placeIntent(ctx, key) // one more try: a reset is not an outage
+	} else {
+		w.marker = a.placeIntent(ctx, key) // one more try
 	}
 	// A writer with a tier of its own is in a fleet of members, whether or
 	// not its last announcement counted any (none yet, at its first
@@ -202,11 +195,10 @@ func (a *Aside[K, V]) placeIntent(ctx context.Context, key string) []byte {
 	marker := newWriteMarker()
 	ctx = context.WithoutCancel(ctx)
 	// A connection reset costs one attempt, not the intent: attempts go on
-	// for the cache timeout, and one that times out uses it up, so a dead
-	// cache costs the write one time box here.
+	// for the cache timeout.
 	deadline := time.Now().Add(a.o.cacheTimeout)
 	var err error
-	for attempt := 0; attempt == 0 || time.Now().Before(deadline); attempt++ {
+	for attempt := 0; attempt < 2 || time.Now().Before(deadline); attempt++ {
 		if err = a.g.set(ctx, key, marker, a.o.loadTimeout); err == nil {
 			return marker
 		}
@@ -224,16 +216,6 @@ func (a *Aside[K, V]) placeIntent(ctx context.Context, key string) []byte {
 // key's delete has landed, and tells the members, waiting for them with a
 // strict bus. w is what beginWrite returned.
 func (a *Aside[K, V]) endWrite(ctx context.Context, key string, w writeOp, related []string, seqs []int64) error {
-	if w.down {
-		a.gens.bump(key)
-		if a.adapt != nil {
-			a.adapt.writes.add(key)
-		}
-		keys := append([]string{key}, a.deletable(ctx, related)...)
-		// No tier here (down is only set without one), and an announcement
-		// would wait on the same silent cache.
-		return a.afterDelete(ctx, key, seqs, keys, ErrCacheUnavailable)
-	}
 	if w.marker == nil || a.g.clearer == nil {
 		return a.invalidateAs(ctx, w.id, key, related, seqs)
 	}
