@@ -283,19 +283,25 @@ func (a *Aside[K, V]) Invalidate(ctx context.Context, id K, related ...string) e
 // invalidate deletes key and related, and tells a.landed about seqs once
 // key's delete has landed.
 func (a *Aside[K, V]) invalidate(ctx context.Context, key string, related []string, seqs []int64) error {
-	return a.invalidateAs(ctx, randomID(), key, related, seqs)
+	return a.invalidateAs(ctx, writeOp{id: randomID()}, key, related, seqs)
 }
 
 // invalidateAs is invalidate for the write w, which it names on the bus.
-func (a *Aside[K, V]) invalidateAs(ctx context.Context, w, key string, related []string, seqs []int64) error {
+// For a write that found the cache down, the deletes go straight to the
+// retry queue and nothing is announced: both would wait on the silent
+// cache.
+func (a *Aside[K, V]) invalidateAs(ctx context.Context, w writeOp, key string, related []string, seqs []int64) error {
 	a.gens.bump(key)
 	if a.adapt != nil {
 		a.adapt.writes.add(key)
 	}
 	keys := append([]string{key}, a.deletable(ctx, related)...)
+	if w.down {
+		return a.afterDelete(ctx, key, seqs, keys, ErrCacheUnavailable)
+	}
 	failed, err := a.g.del(context.WithoutCancel(ctx), keys)
 	err = a.afterDelete(ctx, key, seqs, failed, err)
-	a.tellDone(ctx, w, key)
+	a.tellDone(ctx, w.id, key)
 	return err
 }
 

@@ -453,16 +453,15 @@ func (b *bus) stop() {
 func (b *bus) announce(ctx context.Context, kind byte, write, key string) {
 	msg := busMsg{kind: kind, id: write, key: key}.encode()
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.timeout)
-	sent := mono()
 	_, members, err := b.t.busAnnounce(actx, msg)
 	cancel()
-	b.settle(ctx, write, sent, members, err)
+	b.settle(ctx, write, members, err)
 }
 
-// settle does what a writer does after an announcement of write, sent at
-// sent on the mono clock, that counted members, or failed with err: a
-// strict bus waits until each member has acknowledged or lost its lease.
-func (b *bus) settle(ctx context.Context, write string, sent int64, members []busMember, err error) {
+// settle does what a writer does after an announcement of write that
+// counted members, or failed with err: a strict bus waits until each
+// member has acknowledged or lost its lease.
+func (b *bus) settle(ctx context.Context, write string, members []busMember, err error) {
 	ctx = context.WithoutCancel(ctx)
 	if err != nil {
 		// Members that missed it may still serve the old value until their

@@ -122,7 +122,9 @@
 //     master is a shard, see [Sharder]) opens after consecutive failures:
 //     reads then go straight to the repository, still one load per key per
 //     process, and writes queue their invalidations; after a cooldown one
-//     probe closes it again.
+//     probe closes it again. A write's marker alone is tried past an open
+//     breaker (twice, each within the time box): other processes, whose
+//     breakers may be closed, go on reading the shared cache.
 //   - A circuit breaker on the repository's reads ([WithRepositoryBreaker])
 //     keeps a failing database from seeing more than one probe per
 //     cooldown; loads it refuses fail with [ErrRepositoryUnavailable].

@@ -177,10 +177,15 @@ type ticket struct {
 	done   func(error)
 }
 
-// enter asks the shard's breaker for a call, time-boxed to box.
-func (g *guard) enter(ctx context.Context, shard string, box time.Duration) (ticket, error) {
+// enter asks the shard's breaker for a call, time-boxed to box. A call
+// made past the breaker runs even when the breaker would turn it away,
+// and then does not report to it.
+func (g *guard) enter(ctx context.Context, shard string, box time.Duration, past bool) (ticket, error) {
 	done, err := g.breaker(shard).Allow()
-	if err != nil {
+	switch {
+	case err != nil && past:
+		done = func(error) {}
+	case err != nil:
 		g.m.cacheRejected.Add(1)
 		return ticket{}, errBreakerOpen
 	}
@@ -224,7 +229,20 @@ func (g *guard) do(ctx context.Context, shard string, op func(ctx context.Contex
 // doWithin is do with a time box of its own, for the rare calls that may
 // take longer than a read should wait.
 func (g *guard) doWithin(ctx context.Context, shard string, box time.Duration, op func(ctx context.Context) error) error {
-	t, err := g.enter(ctx, shard, box)
+	return g.call(ctx, shard, box, false, op)
+}
+
+// doPast is doWithin past the breaker (see enter), for the steps a write
+// must not skip just because reads stopped asking the cache: its
+// write-intent marker, without which other processes, whose breakers may
+// be closed, would go on reading the value it replaces.
+func (g *guard) doPast(ctx context.Context, shard string, box time.Duration, op func(ctx context.Context) error) error {
+	return g.call(ctx, shard, box, true, op)
+}
+
+// call runs op within box, through the shard's breaker or past it.
+func (g *guard) call(ctx context.Context, shard string, box time.Duration, past bool, op func(ctx context.Context) error) error {
+	t, err := g.enter(ctx, shard, box, past)
 	if err != nil {
 		return err
 	}
@@ -295,7 +313,7 @@ const (
 func (g *guard) get(ctx context.Context, key string) (json.RawMessage, error) {
 	var raw json.RawMessage
 	if g.direct() { // the hit path: no closure, no hand-off
-		t, err := g.enter(ctx, g.shard(key), g.timeout)
+		t, err := g.enter(ctx, g.shard(key), g.timeout, false)
 		if err != nil {
 			return nil, err
 		}

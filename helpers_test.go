@@ -215,3 +215,15 @@ const testJoinGrace = 150 * time.Millisecond
 // withJoinGrace sets how long a member that (re)joins the bus fills
 // nothing (the load timeout by default).
 func withJoinGrace(d time.Duration) Option { return func(o *options) { o.joinGrace = d } }
+
+// every runs f every d until stop is closed.
+func every(stop <-chan struct{}, d time.Duration, f func()) {
+	for {
+		select {
+		case <-stop:
+			return
+		case <-time.After(d):
+			f()
+		}
+	}
+}

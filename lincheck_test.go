@@ -250,6 +250,14 @@ func waitServing(t *testing.T, svcs []*UserService, tiers bool) {
 // one instance's connections are reset again and again and another
 // instance, which only reads, is cut off from Redis for a while; with and
 // without local tiers, every history must be linearizable.
+//
+// Without tiers, a write whose marker gets no answer within the cache time
+// box goes on without it (the write stays available; see "Failure
+// behaviour" in the README, and TestConsistency_WithFaults, which counts
+// the stale reads that follow). What this test checks is the protocol
+// when Redis does answer, after resets: so the writer there gets a time box
+// that a loaded -race run cannot exhaust, where 100 ms was exhausted about
+// once in 50 runs on two cores. With tiers, such a write is refused instead.
 func TestLinearizable_WithFaults(t *testing.T) {
 	cfg := defaultLin
 	if testing.Short() {
@@ -275,7 +283,11 @@ func TestLinearizable_WithFaults(t *testing.T) {
 				t.Cleanup(func() { p.Close() })
 				c := redis.NewClient(&redis.Options{Addr: p.Addr()})
 				t.Cleanup(func() { c.Close() })
-				users[i] = NewUserService(repo, NewRedisCache(c), append([]UserOption{WithRelatedKeys(nil)}, mode.opts...)...)
+				opts := append([]UserOption{WithRelatedKeys(nil)}, mode.opts...)
+				if mode.opts == nil && i == 0 {
+					opts = append(opts, WithCacheTimeout(time.Second))
+				}
+				users[i] = NewUserService(repo, NewRedisCache(c), opts...)
 				t.Cleanup(func() { users[i].Close() })
 				svcs[i], proxies[i] = users[i], p
 			}
@@ -284,14 +296,7 @@ func TestLinearizable_WithFaults(t *testing.T) {
 			stop := make(chan struct{})
 			var faults sync.WaitGroup
 			faults.Go(func() { // instance 0's connections are reset every 20 ms
-				for {
-					select {
-					case <-stop:
-						return
-					case <-time.After(20 * time.Millisecond):
-						proxies[0].ResetAll()
-					}
-				}
+				every(stop, 20*time.Millisecond, proxies[0].ResetAll)
 			})
 			faults.Go(func() { // instance 3 is cut off for 400 ms every 800 ms
 				for {

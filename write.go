@@ -64,6 +64,11 @@ func newWriteMarker() []byte {
 type writeOp struct {
 	id     string
 	marker []byte
+	// down: without a tier, the cache answered neither the write's first
+	// step nor its retry (time-outs, or an open breaker); its delete goes
+	// straight to the retry queue rather than making the write wait on the
+	// silent cache again.
+	down bool
 }
 
 // writeAnnouncer is what the adapters of this package offer to begin and
@@ -88,7 +93,7 @@ func (a *Aside[K, V]) beginWrite(ctx context.Context, key string) (writeOp, erro
 	}
 	wa, ok := a.g.c.(writeAnnouncer)
 	if !ok || a.g.leaser == nil || a.bus == nil || !a.bus.strict {
-		w.marker = a.placeIntent(ctx, key)
+		w.marker, _ = a.placeIntent(ctx, key)
 		if a.bus != nil && a.bus.strict {
 			a.bus.announce(ctx, msgPrepare, w.id, key)
 		}
@@ -106,7 +111,6 @@ func (a *Aside[K, V]) beginWrite(ctx context.Context, key string) (writeOp, erro
 		box = max(box, a.bus.lease)
 	}
 	var (
-		sent           int64
 		markErr        error
 		members        []busMember
 		annErr         error
@@ -116,21 +120,22 @@ func (a *Aside[K, V]) beginWrite(ctx context.Context, key string) (writeOp, erro
 	)
 	for {
 		var res announced
-		sent = mono()
-		markErr = a.g.doWithin(uncancelledCtx, shard, box, func(ctx context.Context) error {
+		markErr = a.g.doPast(uncancelledCtx, shard, box, func(ctx context.Context) error {
 			markErr, members, annErr := wa.beginWriteAnnounced(ctx, key, marker, a.o.loadTimeout, msg)
 			res.set(members, annErr)
 			return markErr
 		})
 		members, annErr = res.get(markErr)
-		if (markErr == nil && annErr == nil) || !mustTell || errors.Is(markErr, errBreakerOpen) || !time.Now().Before(deadline) {
+		if (markErr == nil && annErr == nil) || !mustTell || !time.Now().Before(deadline) {
 			break
 		}
 	}
 	if markErr == nil {
 		w.marker = marker
 	} else {
-		w.marker = a.placeIntent(ctx, key) // one more try
+		var err error
+		w.marker, err = a.placeIntent(ctx, key) // one more try: a reset is not an outage
+		w.down = w.marker == nil && !mustTell && errors.Is(err, ErrCacheUnavailable)
 	}
 	// A writer with a tier of its own is in a fleet of members, whether or
 	// not its last announcement counted any (none yet, at its first
@@ -139,7 +144,7 @@ func (a *Aside[K, V]) beginWrite(ctx context.Context, key string) (writeOp, erro
 		a.refuseWrite(ctx, key, w)
 		return w, fmt.Errorf("%w: a write must reach the local tiers' bus before it changes the source: %w", ErrCacheUnavailable, err)
 	}
-	a.bus.settle(ctx, w.id, sent, members, annErr)
+	a.bus.settle(ctx, w.id, members, annErr)
 	return w, nil
 }
 
@@ -187,28 +192,32 @@ func (r *announced) get(callErr error) ([]busMember, error) {
 }
 
 // placeIntent places a write-intent marker on key and returns it, or nil
-// if it could not (the cache has no compare-and-swap, or failed).
-func (a *Aside[K, V]) placeIntent(ctx context.Context, key string) []byte {
+// and why if it could not (the cache has no compare-and-swap, or failed).
+func (a *Aside[K, V]) placeIntent(ctx context.Context, key string) ([]byte, error) {
 	if a.g.leaser == nil {
-		return nil
+		return nil, nil
 	}
 	marker := newWriteMarker()
 	ctx = context.WithoutCancel(ctx)
 	// A connection reset costs one attempt, not the intent: attempts go on
-	// for the cache timeout.
+	// for the cache timeout, and one that times out uses it up, so a dead
+	// cache costs the write one time box here.
 	deadline := time.Now().Add(a.o.cacheTimeout)
 	var err error
-	for attempt := 0; attempt < 2 || time.Now().Before(deadline); attempt++ {
-		if err = a.g.set(ctx, key, marker, a.o.loadTimeout); err == nil {
-			return marker
+	for attempt := 0; attempt == 0 || time.Now().Before(deadline); attempt++ {
+		err = a.g.doPast(ctx, a.g.shard(key), a.o.cacheTimeout, func(ctx context.Context) error {
+			return a.g.c.SetJSON(ctx, key, marker, a.o.loadTimeout)
+		})
+		if err == nil {
+			return marker, nil
 		}
-		if errors.Is(err, errBreakerOpen) {
+		if !time.Now().Before(deadline) {
 			break
 		}
-		time.Sleep(min(time.Duration(attempt+1)*5*time.Millisecond, 50*time.Millisecond))
+		time.Sleep(min(time.Duration(attempt+1)*5*time.Millisecond, time.Until(deadline)))
 	}
 	a.log.WarnContext(ctx, "cacheaside: write intent not placed; the write goes on, and its delete is retried until it lands", "key", key, "err", err)
-	return nil
+	return nil, err
 }
 
 // endWrite ends a write to key: it deletes key (unless another writer's
@@ -217,7 +226,7 @@ func (a *Aside[K, V]) placeIntent(ctx context.Context, key string) []byte {
 // strict bus. w is what beginWrite returned.
 func (a *Aside[K, V]) endWrite(ctx context.Context, key string, w writeOp, related []string, seqs []int64) error {
 	if w.marker == nil || a.g.clearer == nil {
-		return a.invalidateAs(ctx, w.id, key, related, seqs)
+		return a.invalidateAs(ctx, w, key, related, seqs)
 	}
 	a.gens.bump(key)
 	if a.adapt != nil {
@@ -238,7 +247,6 @@ func (a *Aside[K, V]) endWrite(ctx context.Context, key string, w writeOp, relat
 	msg := busMsg{kind: msgDone, id: w.id, key: key}.encode()
 	var res announced
 	cctx := context.WithoutCancel(ctx)
-	sent := mono()
 	clearErr := a.g.do(cctx, a.g.shard(key), func(ctx context.Context) error {
 		clearErr, members, annErr := wa.endWriteAnnounced(ctx, key, w.marker, writingPrefix, inline, msg)
 		res.set(members, annErr)
@@ -260,7 +268,7 @@ func (a *Aside[K, V]) endWrite(ctx context.Context, key string, w writeOp, relat
 		a.tier.invalidate(key, msgDone)
 	}
 	members, annErr := res.get(clearErr)
-	a.bus.settle(ctx, w.id, sent, members, annErr)
+	a.bus.settle(ctx, w.id, members, annErr)
 	return err
 }
 

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 )
 
@@ -125,4 +127,37 @@ func TestWrite_JoinerFillsNothingDuringItsGrace(t *testing.T) {
 			})
 		})
 	}
+}
+
+// TestWrite_IntentPastAnOpenBreaker: an instance whose breaker opened stops
+// reading the cache, but other instances, whose breakers are closed, go on
+// reading it; so its writes still place their marker, past the breaker,
+// rather than leave the old value readable until their delete's retry.
+func TestWrite_IntentPastAnOpenBreaker(t *testing.T) {
+	ctx := context.Background()
+	mr := miniredis.RunT(t)
+	repo := newGatedRepo()
+	u := seedUser(t, repo, "v0")
+	other := NewUserService(repo, NewRedisCache(redis.NewClient(&redis.Options{Addr: mr.Addr()})), WithRelatedKeys(nil))
+	t.Cleanup(func() { other.Close() })
+	_, err := other.GetUser(ctx, u.ID) // v0 cached
+	require.NoError(t, err)
+
+	w := NewUserService(repo, NewRedisCache(redis.NewClient(&redis.Options{Addr: mr.Addr()})), WithRelatedKeys(nil), WithCacheBreaker(1, time.Minute))
+	t.Cleanup(func() { w.Close() })
+	mr.SetError("LOADING") // one failure opens w's breaker
+	_, _ = w.GetUser(ctx, u.ID)
+	mr.SetError("")
+	require.Equal(t, int64(1), w.GetMetrics().CacheBreakerOpens)
+
+	midWrite(t, w, repo, u, "v1", func() {
+		raw, _ := mr.Get(userCacheKey(u.ID))
+		require.True(t, strings.HasPrefix(raw, writingPrefix), "the old value must be gone before the source changes, found %q", raw)
+		got, err := other.GetUser(ctx, u.ID)
+		require.NoError(t, err)
+		require.Equal(t, "v0", got.Name, "the source has not changed yet")
+	})
+	got, err := other.GetUser(ctx, u.ID)
+	require.NoError(t, err)
+	require.Equal(t, "v1", got.Name, "another instance must not read the replaced row after the write returned")
 }
