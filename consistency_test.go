@@ -437,15 +437,10 @@ func TestConsistency_WithFaults(t *testing.T) {
 		}
 	})
 	faults.Go(func() { // instance 0's connections are reset every 30 ms
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(30 * time.Millisecond):
-				proxies[0].ResetAll()
-				resets.Add(1)
-			}
-		}
+		every(stop, 30*time.Millisecond, func() {
+			proxies[0].ResetAll()
+			resets.Add(1)
+		})
 	})
 	res := runChecker(t, cfg, svcs)
 	close(stop)

@@ -205,8 +205,8 @@ func WithLeaseTTL(d time.Duration) Option {
 
 // WithLeaseWait bounds how long a load waits for another caller's lease on
 // the same key to turn into a value. After it, the load takes the key over:
-// its own lease replaces the slow holder's (whose fill is then refused, and
-// handed to its waiters), and it loads and fills as a holder. Zero makes
+// its own lease replaces the slow holder's (whose fill is then refused, so
+// that holder looks at the key again), and it loads and fills as a holder. Zero makes
 // loads never wait (each takes the key over at once); the default is
 // DefaultLeaseWait. It panics if d is negative.
 func WithLeaseWait(d time.Duration) Option {
@@ -281,8 +281,9 @@ func WithCacheTimeout(d time.Duration) Option {
 
 // WithCacheBreaker sets the circuit breaker kept for each shard of the
 // cache: failures consecutive failures or time-outs open it; while it is
-// open no call goes to the shard (reads go to the repository, writes queue
-// their invalidations), and after cooldown one probe is let through, whose
+// open no call goes to the shard but a write's marker (reads go to the
+// repository, writes queue their invalidations), and after cooldown one
+// probe is let through, whose
 // success closes it. The defaults are DefaultBreakerFailures and
 // DefaultBreakerCooldown. It panics if failures is below 1 or cooldown is
 // not positive.
