@@ -351,9 +351,24 @@ func TestClose(t *testing.T) {
 	if err := p.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
-	// Checked at once, without goleak's retries: Close must have waited.
-	if stacks := proxyGoroutines(); stacks != "" {
-		t.Fatalf("goroutines of the proxy still running after Close:\n%s", stacks)
+	// Checked at once, without goleak's retries: Close must have waited, so
+	// no goroutine of the proxy may still be blocked. One that has run its
+	// deferred wg.Done but not yet returned is runnable, and must be gone
+	// shortly after.
+	if stacks := proxyGoroutines(func(state string) bool {
+		return state != "runnable" && state != "running"
+	}); stacks != "" {
+		t.Fatalf("goroutines of the proxy still blocked after Close:\n%s", stacks)
+	}
+	for deadline := time.Now().Add(2 * time.Second); ; {
+		stacks := proxyGoroutines(func(string) bool { return true })
+		if stacks == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("goroutines of the proxy still running 2s after Close:\n%s", stacks)
+		}
+		time.Sleep(time.Millisecond)
 	}
 	if err := p.Close(); err != nil {
 		t.Fatalf("second Close: %v", err)
@@ -377,12 +392,21 @@ func TestClose(t *testing.T) {
 
 // proxyGoroutines returns the stacks of running goroutines that are in a
 // method of Proxy.
-func proxyGoroutines() string {
+// proxyGoroutines returns the stacks of the proxy's goroutines whose state
+// (as runtime.Stack prints it: "runnable", "IO wait", ...) is selected.
+func proxyGoroutines(selected func(state string) bool) string {
 	buf := make([]byte, 1<<20)
 	buf = buf[:runtime.Stack(buf, true)]
 	var out []string
 	for _, g := range strings.Split(string(buf), "\n\n") {
-		if strings.Contains(g, "faultproxy.(*Proxy).") && !strings.Contains(g, "proxyGoroutines") {
+		if !strings.Contains(g, "faultproxy.(*Proxy).") || strings.Contains(g, "proxyGoroutines") {
+			continue
+		}
+		state := ""
+		if i, j := strings.IndexByte(g, '['), strings.IndexByte(g, ']'); i >= 0 && j > i {
+			state, _, _ = strings.Cut(g[i+1:j], ",") // "IO wait, 2 minutes"
+		}
+		if selected(state) {
 			out = append(out, g)
 		}
 	}
