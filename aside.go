@@ -301,7 +301,7 @@ func (a *Aside[K, V]) invalidateAs(ctx context.Context, w writeOp, key string, r
 	}
 	failed, err := a.g.del(context.WithoutCancel(ctx), keys)
 	err = a.afterDelete(ctx, key, seqs, failed, err)
-	a.tellDone(ctx, w.id, key)
+	a.tellDone(ctx, w, key)
 	return err
 }
 

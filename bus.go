@@ -80,8 +80,12 @@ var errBusGap = errors.New("cacheaside: bus messages may have been lost")
 
 // Kinds of bus message.
 const (
-	msgPrepare   = 'p' // a write to key is about to change the source
-	msgDone      = 'd' // a write to key changed the source and cleared the cache
+	msgPrepare = 'p' // a write to key is about to change the source
+	msgDone    = 'd' // key changed (a write or an invalidation without a prepare): drop it, and acknowledge
+	// msgCleared ends a write whose prepare every member acknowledged:
+	// members drop key and may fill it again, and send no acknowledgement,
+	// since nobody waits for one (see doc.go).
+	msgCleared   = 'c'
 	msgHeartbeat = 'h' // a member's heartbeat
 )
 
@@ -116,7 +120,7 @@ func decodeBusMsg(b []byte) (busMsg, bool) {
 // busHandler is what the bus tells about: a key dropped by a message, and
 // a tier that can no longer be trusted.
 type busHandler interface {
-	invalidate(key string, kind byte)
+	invalidate(key string, kind byte, write string)
 	flush()
 }
 
@@ -163,8 +167,8 @@ type bus struct {
 
 	out chan func(context.Context)
 
-	ackMu    sync.Mutex // protects acks
-	acks     []string   // writes to acknowledge
+	ackMu    sync.Mutex  // protects acks
+	acks     []queuedAck // acknowledgements to send
 	ackReady chan struct{}
 
 	mu    sync.Mutex  // serializes distrust, extend and expire; protects sub and timer
@@ -178,7 +182,7 @@ func newBus(t busTransport, strict bool, lease time.Duration, o options, m *coun
 		strict: strict, timeout: o.cacheTimeout, log: o.logger, m: m, h: h,
 		out:      make(chan func(context.Context), 1024),
 		ackReady: make(chan struct{}, 1),
-		grace:    cmp.Or(o.joinGrace, o.loadTimeout),
+		grace:    cmp.Or(o.joinGrace, o.loadTimeout+2*lease), // see doc.go
 	}
 }
 
@@ -225,33 +229,73 @@ func (b *bus) send(done <-chan struct{}) {
 	}
 }
 
-// queueAck queues this member's acknowledgement of write; the sender
-// sends every queued one in one round trip.
-func (b *bus) queueAck(write string) {
+// queuedAck is an acknowledgement waiting to be sent, and how many times
+// sending it failed.
+type queuedAck struct {
+	id    string
+	tries int
+}
+
+// How acknowledgements that fail to send are retried: up to maxAckTries
+// sends in all, ackRetryDelay apart. A writer waits for an acknowledgement
+// until the member's lease runs out, which a member that can still renew
+// it never lets happen: without a retry, one connection reset costs the
+// writer two leases.
+const (
+	maxAckTries   = 4
+	ackRetryDelay = 10 * time.Millisecond
+)
+
+// queueAck queues this member's acknowledgement filed under ack; the
+// sender sends every queued one in one round trip.
+func (b *bus) queueAck(ack string) {
 	b.ackMu.Lock()
-	b.acks = append(b.acks, write)
+	b.acks = append(b.acks, queuedAck{id: ack})
 	b.ackMu.Unlock()
+	b.wakeSender()
+}
+
+// wakeSender tells the sender that acknowledgements are queued.
+func (b *bus) wakeSender() {
 	select {
 	case b.ackReady <- struct{}{}:
 	default: // the sender has been told already
 	}
 }
 
-// sendAcks sends the queued acknowledgements. Those that fail are not
-// retried: their writers stop waiting when this member's lease runs out.
+// sendAcks sends the queued acknowledgements; those that fail are queued
+// again, up to maxAckTries sends in all.
 func (b *bus) sendAcks() {
 	b.ackMu.Lock()
-	writes := b.acks
+	acks := b.acks
 	b.acks = nil
 	b.ackMu.Unlock()
-	if len(writes) == 0 {
+	if len(acks) == 0 {
 		return
+	}
+	ids := make([]string, len(acks))
+	for i, a := range acks {
+		ids[i] = a.id
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), b.timeout)
 	defer cancel()
-	if b.t.busAck(ctx, writes, b.member) == nil {
-		b.m.busAcks.Add(int64(len(writes)))
+	if b.t.busAck(ctx, ids, b.member) == nil {
+		b.m.busAcks.Add(int64(len(acks)))
+		return
 	}
+	again := acks[:0]
+	for _, a := range acks {
+		if a.tries++; a.tries < maxAckTries {
+			again = append(again, a)
+		}
+	}
+	if len(again) == 0 {
+		return
+	}
+	b.ackMu.Lock()
+	b.acks = append(again, b.acks...)
+	b.ackMu.Unlock()
+	time.AfterFunc(ackRetryDelay, b.wakeSender)
 }
 
 // enqueue hands f to the sender, or gives up when the engine closes.
@@ -375,11 +419,11 @@ func (b *bus) serve(ctx context.Context, done <-chan struct{}, sub busSub) error
 			}
 			delete(sent, k)
 			b.heard(done, at, current)
-		case msgPrepare, msgDone:
+		case msgPrepare, msgDone, msgCleared:
 			b.m.busInvalidations.Add(1)
-			b.h.invalidate(msg.key, msg.kind)
-			if b.strict {
-				b.queueAck(msg.id)
+			b.h.invalidate(msg.key, msg.kind, msg.id)
+			if b.strict && msg.kind != msgCleared {
+				b.queueAck(ackID(msg.id, msg.kind))
 			}
 		}
 	}
@@ -447,35 +491,61 @@ func (b *bus) stop() {
 }
 
 // announce tells every member that key is about to change (kind
-// msgPrepare) or has changed (msgDone); a strict bus waits until each
-// member counted then has acknowledged or lost its lease. The wait is
-// bounded by twice the lease.
-func (b *bus) announce(ctx context.Context, kind byte, write, key string) {
+// msgPrepare) or has changed (msgDone, msgCleared); for msgPrepare and
+// msgDone a strict bus waits until each member counted then has
+// acknowledged or lost its lease, bounded by twice the lease, and reports
+// whether every one did.
+func (b *bus) announce(ctx context.Context, kind byte, write, key string) bool {
 	msg := busMsg{kind: kind, id: write, key: key}.encode()
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.timeout)
 	_, members, err := b.t.busAnnounce(actx, msg)
 	cancel()
-	b.settle(ctx, write, members, err)
+	if kind == msgCleared {
+		b.note(members, err)
+		return err == nil
+	}
+	return b.settle(ctx, ackID(write, kind), members, err)
 }
 
-// settle does what a writer does after an announcement of write that
-// counted members, or failed with err: a strict bus waits until each
-// member has acknowledged or lost its lease.
-func (b *bus) settle(ctx context.Context, write string, members []busMember, err error) {
+// ackID names the acknowledgements of one announcement of write, of kind
+// msgPrepare or msgDone. The two announcements of a write file theirs
+// apart, so that the drop of what is left of the first's, which runs in
+// the background, can never take the second's.
+func ackID(write string, kind byte) string { return write + "." + string(rune(kind)) }
+
+// note records whether an announcement that succeeded counted members
+// besides this one.
+func (b *bus) note(members []busMember, err error) {
+	if err != nil {
+		return
+	}
+	others := false
+	for _, m := range members {
+		others = others || m.id != b.member
+	}
+	b.members.Store(others)
+}
+
+// settle does what a writer does after an announcement, whose
+// acknowledgements are filed under ack, that counted members, or failed
+// with err: a strict bus waits until each member has acknowledged or lost
+// its lease. It reports whether each did (and false after a failed
+// announcement).
+func (b *bus) settle(ctx context.Context, ack string, members []busMember, err error) bool {
 	ctx = context.WithoutCancel(ctx)
 	if err != nil {
 		// Members that missed it may still serve the old value until their
 		// validity runs out, within a lease: a strict writer that knows of
 		// members waits that out. A fleet without local tiers waits for
 		// nothing.
-		b.log.Warn("cacheaside: bus announcement failed", "write", write, "err", err)
+		b.log.Warn("cacheaside: bus announcement failed", "write", ack, "err", err)
 		if b.strict && b.members.Load() {
 			b.waitOut(ctx)
 		}
-		return
+		return false
 	}
 	if !b.strict {
-		return
+		return true
 	}
 	pending := make(map[string]time.Time, len(members))
 	for _, m := range members {
@@ -485,21 +555,21 @@ func (b *bus) settle(ctx context.Context, write string, members []busMember, err
 	}
 	b.members.Store(len(pending) > 0)
 	if len(pending) == 0 {
-		return
+		return true
 	}
-	b.await(ctx, write, pending)
+	return b.await(ctx, ack, pending)
 }
 
-// await waits for the acknowledgements of write from pending, or for their
-// leases to run out.
-func (b *bus) await(ctx context.Context, write string, pending map[string]time.Time) {
+// await waits for the acknowledgements filed under ack from pending, or
+// for their leases to run out, and reports whether every one did.
+func (b *bus) await(ctx context.Context, ack string, pending map[string]time.Time) bool {
 	begin := time.Now()
 	deadline := begin.Add(2 * b.lease)
 	silent := false
 	for len(pending) > 0 && time.Now().Before(deadline) {
 		wait := min(b.lease/10, time.Until(deadline))
 		actx, cancel := context.WithTimeout(ctx, wait+b.timeout)
-		ms, err := b.t.busAwaitAcks(actx, write, wait)
+		ms, err := b.t.busAwaitAcks(actx, ack, wait)
 		cancel()
 		if err == nil && len(ms) > 0 {
 			for _, m := range ms {
@@ -535,8 +605,9 @@ func (b *bus) await(ctx context.Context, write string, pending map[string]time.T
 	go func() { // best effort: the list expires anyway
 		dctx, cancel := context.WithTimeout(context.Background(), b.timeout)
 		defer cancel()
-		_ = b.t.busDropAcks(dctx, write)
+		_ = b.t.busDropAcks(dctx, ack)
 	}()
+	return len(pending) == 0
 }
 
 // filling reports whether, at now on the mono clock, the tier may fill.

@@ -177,13 +177,18 @@
 //  1. prepare: its own tier drops k; a write-intent marker replaces k's
 //     entry in the shared cache; "prepare k" is published and the live
 //     members read, in one atomic step; every member drops k, refuses to
-//     fill k until the write is done, and acknowledges; the writer waits
-//     for each counted member's acknowledgement, or for its lease to run
-//     out on the cache's clock;
+//     fill k until this write is done (a key stays refused while any write
+//     of it is between its prepare and its done), and acknowledges; the
+//     writer waits for each counted member's acknowledgement, or for its
+//     lease to run out on the cache's clock;
 //  2. the write to the source;
-//  3. done: the marker is deleted; "done k" is published and the members
-//     read, atomically; every member drops k again, may fill it again, and
-//     acknowledges; the writer waits as in step 1.
+//  3. done: the marker is deleted and "done k" is published, in one round
+//     trip; every member drops k again and may fill it again. Nobody waits
+//     for this: from its prepare to its done a member holds nothing for k
+//     and fills nothing, so a done that arrives late only delays its next
+//     fill of k. (A write whose prepare was not acknowledged by every
+//     member, and an Invalidate, which has no prepare, do wait for the
+//     done's acknowledgements, as in step 1.)
 //
 // Why no member serves the old value after the new one was seen. The new
 // value can be seen only after step 2 starts. By then every member that
@@ -195,21 +200,28 @@
 // hit in the shared cache or stored there by the member's own lease (never
 // a value loaded past a marker, or without filling). So while the write
 // runs, k is served from the shared cache, which is linearizable on its own
-// (leases, markers), or from the source. After step 3 every member counted
-// then has dropped k again, so the only values a member can hold were read
-// after the marker was deleted, that is after the source changed.
+// (leases, markers), or from the source. A fill that a member makes after
+// the done arrived comes from a read that began after it (an older read's
+// fill is refused: the done moved k's generation), so its read found the
+// marker deleted, that is the source changed; and a member that has not
+// heard the done yet holds nothing for k.
 //
 // Writers without a tier, and members that join. Every writer places the
 // marker, tier or not: a write that only deleted the old value after the
 // source changed would leave it readable everywhere whenever that delete
 // failed (the porcupine checker with connection resets found exactly
 // that). A member that joins, or joins again after its lease lapsed,
-// fills nothing for a grace (the load timeout) after its lease was first
-// renewed, which covers a write that went on without its marker before
-// any member was known. This is the protocol's one assumption about time
-// beyond the leases, and the markers make it too: a write is expected to
-// change the source within the load timeout (a marker expires after it,
-// and a member refuses to fill a prepared key for as long).
+// fills nothing for a grace (the load timeout and two leases) after its
+// lease was first renewed. That covers a write that went on without its
+// marker before any member was known, and a write whose prepare the member
+// missed while it was cut off: such a write may still be waiting for the
+// member's lease to run out (up to two leases) and then changing the
+// source, and its marker does not always protect the key meanwhile (a
+// second write of the key replaces it, and that write's done deletes
+// the key). This is the protocol's one assumption about time beyond the
+// leases, and the markers make it too: a write is expected to change the
+// source within the load timeout (a marker expires after it, and a member
+// refuses to fill a prepared key for as long).
 //
 // Writers that cannot reach the bus. A write whose prepare cannot be
 // published (the cache failed, or this instance is cut off from it), from
@@ -235,9 +247,9 @@
 // are covered above; a member's acknowledgement is sent only after it has
 // dropped the key.
 //
-// The cost. A write waits for every member's acknowledgements, twice: a
-// round trip through the bus in a healthy fleet, and up to one lease for a
-// member cut off from the cache. A member cut off stops serving from memory
+// The cost. A write waits for every member's acknowledgement of its
+// prepare: a round trip through the bus in a healthy fleet, and up to one
+// lease for a member cut off from the cache. A member cut off stops serving from memory
 // within a lease. The local hit path reads no clock: a timer ends the
 // tier's validity at its deadline, which assumes the process's timers fire
 // within a quarter lease of their time (a process stopped longer than

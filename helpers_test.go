@@ -207,10 +207,11 @@ func getAsync(t *testing.T, svc *UserService, id int) <-chan *User {
 }
 
 // testJoinGrace is how long a member that joins the bus fills nothing, in
-// tests: long enough for their writes (a few milliseconds each), short
-// enough not to slow them down. Writers without a tier that counted no
-// members write without a marker only if their write lands within it.
-const testJoinGrace = 150 * time.Millisecond
+// tests: it must outlast a write that missed it, whose prepare may wait two
+// of the tests' 300 ms leases before the write changes the source (see
+// doc.go; with 150 ms, TestLinearizable_WithFaults failed about once in 25
+// runs), and still not slow the tests down much.
+const testJoinGrace = 800 * time.Millisecond
 
 // withJoinGrace sets how long a member that (re)joins the bus fills
 // nothing (the load timeout by default).

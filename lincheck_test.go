@@ -1,9 +1,13 @@
 package cacheaside
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -31,6 +35,7 @@ type regInput struct {
 	write bool
 	key   int
 	value string // what a write stores
+	inst  int    // the instance that ran it, for the failure report
 }
 
 // registerModel is a register per key, starting at "init".
@@ -58,9 +63,9 @@ var registerModel = porcupine.Model{
 	DescribeOperation: func(input, output any) string {
 		in := input.(regInput)
 		if in.write {
-			return fmt.Sprintf("write(%d, %s)", in.key, in.value)
+			return fmt.Sprintf("write(%d, %s) on instance %d", in.key, in.value, in.inst)
 		}
-		return fmt.Sprintf("read(%d) -> %s", in.key, output)
+		return fmt.Sprintf("read(%d) -> %s on instance %d", in.key, output, in.inst)
 	},
 }
 
@@ -130,7 +135,7 @@ func runLin(t *testing.T, cfg linConfig, svcs []checkedService) []porcupine.Oper
 				svc := svcs[inst]
 				key := 1 + rand.N(cfg.keys)
 				if rand.Float64() < cfg.writeShare && !cfg.readOnly[inst] {
-					in := regInput{write: true, key: key, value: fmt.Sprintf("c%d-%d", c, n)}
+					in := regInput{write: true, key: key, value: fmt.Sprintf("c%d-%d", c, n), inst: inst}
 					call := clock()
 					if err := svc.UpdateUser(ctx, &User{ID: key, Name: in.value, Email: "u@example.com"}); err != nil {
 						t.Errorf("UpdateUser: %v", err)
@@ -145,7 +150,7 @@ func runLin(t *testing.T, cfg linConfig, svcs []checkedService) []porcupine.Oper
 					t.Errorf("GetUser: %v", err)
 					return
 				}
-				ops = append(ops, porcupine.Operation{ClientId: c, Input: regInput{key: key}, Call: call, Output: u.Name, Return: clock()})
+				ops = append(ops, porcupine.Operation{ClientId: c, Input: regInput{key: key, inst: inst}, Call: call, Output: u.Name, Return: clock()})
 			}
 		})
 	}
@@ -163,6 +168,9 @@ func linearizable(t *testing.T, history []porcupine.Operation) bool {
 	}
 	if res == porcupine.Ok {
 		return true
+	}
+	if f := os.Getenv("LIN_DUMP"); f != "" {
+		dumpHistory(f, history)
 	}
 	for _, part := range info.PartialLinearizationsOperations() {
 		if len(part) > 0 && len(part[0]) > 0 {
@@ -327,4 +335,16 @@ func TestLinearizable_WithFaults(t *testing.T) {
 			require.True(t, ok, "the history is not linearizable")
 		})
 	}
+}
+
+// dumpHistory writes history to file, one operation per line in call
+// order, for a failure to be read by a person (LIN_DUMP=file).
+func dumpHistory(file string, history []porcupine.Operation) {
+	ops := slices.Clone(history)
+	slices.SortFunc(ops, func(a, b porcupine.Operation) int { return cmp.Compare(a.Call, b.Call) })
+	var b strings.Builder
+	for _, op := range ops {
+		fmt.Fprintf(&b, "%10.3fms %10.3fms c%-3d %s\n", float64(op.Call)/1e6, float64(op.Return)/1e6, op.ClientId, registerModel.DescribeOperation(op.Input, op.Output))
+	}
+	_ = os.WriteFile(file, []byte(b.String()), 0o644)
 }

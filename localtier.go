@@ -38,9 +38,13 @@ type tier[V any] struct {
 	gens   generations   // bumped by every invalidation of a key
 	epoch  atomic.Uint64 // bumped by every flush, with every stripe locked
 
-	mu      sync.Mutex           // protects blocked
-	blocked map[string]time.Time // keys between a write's prepare and done, until when
-	hold    time.Duration        // how long a prepare blocks a key without its done
+	mu sync.Mutex // protects blocked
+	// blocked holds the keys between a write's prepare and its done: per
+	// key, per write, until when. A key stays blocked while any write of
+	// it is, so that the done of one of two overlapping writes does not
+	// let the tier fill before the other's.
+	blocked map[string]map[string]time.Time
+	hold    time.Duration // how long a prepare blocks a key without its done
 }
 
 // The tier holds a key under a number: the ID itself for an engine whose
@@ -71,7 +75,7 @@ func newTier[V any](maxEntries int, hold time.Duration, prefix string) *tier[V] 
 		prefix:  prefix,
 		c:       otter.Must(&otter.Options[uint64, tierEntry[V]]{MaximumSize: maxEntries}),
 		seed:    maphash.MakeSeed(),
-		blocked: make(map[string]time.Time),
+		blocked: make(map[string]map[string]time.Time),
 		hold:    hold,
 	}
 	t.gens.init()
@@ -139,20 +143,31 @@ func (t *tier[V]) fill(key string, v V, exp time.Time, tk tierTicket) {
 	t.c.Set(k, tierEntry[V]{key: key, v: v, exp: now + int64(time.Until(exp))})
 }
 
+// isBlocked reports whether a write of key is between its prepare and its
+// done, forgetting the writes whose hold has run out.
 func (t *tier[V]) isBlocked(key string) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	until, ok := t.blocked[key]
-	if ok && time.Now().After(until) {
+	ws, ok := t.blocked[key]
+	if !ok {
+		return false
+	}
+	now := time.Now()
+	for w, until := range ws {
+		if now.After(until) {
+			delete(ws, w)
+		}
+	}
+	if len(ws) == 0 {
 		delete(t.blocked, key)
 		return false
 	}
-	return ok
+	return true
 }
 
-// invalidate drops key, and after a prepare refuses to fill it until the
-// write's done (or hold, if the done never comes).
-func (t *tier[V]) invalidate(key string, kind byte) {
+// invalidate drops key, and after the prepare of write refuses to fill it
+// until that write's done (or hold, if the done never comes).
+func (t *tier[V]) invalidate(key string, kind byte, write string) {
 	s, _ := t.gens.of(key)
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -162,9 +177,17 @@ func (t *tier[V]) invalidate(key string, kind byte) {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	ws := t.blocked[key]
 	if kind == msgPrepare {
-		t.blocked[key] = time.Now().Add(t.hold)
-	} else {
+		if ws == nil {
+			ws = make(map[string]time.Time, 1)
+			t.blocked[key] = ws
+		}
+		ws[write] = time.Now().Add(t.hold)
+		return
+	}
+	delete(ws, write)
+	if len(ws) == 0 {
 		delete(t.blocked, key)
 	}
 }

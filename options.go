@@ -80,7 +80,7 @@ type options struct {
 	local      int           // the local tier's size; 0: no local tier
 	relaxed    bool          // writers do not wait for members' acknowledgements
 	localLease time.Duration // a member's lease on the bus
-	joinGrace  time.Duration // how long a member that (re)joins the bus fills nothing; 0: the load timeout
+	joinGrace  time.Duration // how long a member that (re)joins the bus fills nothing; 0: the load timeout and two leases
 
 	recorder  Recorder // nil: none
 	earlyBeta float64  // XFetch's beta; 0: no early refresh

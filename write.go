@@ -69,6 +69,10 @@ type writeOp struct {
 	// straight to the retry queue rather than making the write wait on the
 	// silent cache again.
 	down bool
+	// prepared: a strict bus, the marker placed, and every member counted
+	// by the prepare acknowledged it or lost its lease. The write's end is
+	// then announced without waiting for anyone (msgCleared).
+	prepared bool
 }
 
 // writeAnnouncer is what the adapters of this package offer to begin and
@@ -89,13 +93,13 @@ type writeAnnouncer interface {
 func (a *Aside[K, V]) beginWrite(ctx context.Context, key string) (writeOp, error) {
 	w := writeOp{id: randomID()}
 	if a.tier != nil {
-		a.tier.invalidate(key, msgPrepare)
+		a.tier.invalidate(key, msgPrepare, w.id)
 	}
 	wa, ok := a.g.c.(writeAnnouncer)
 	if !ok || a.g.leaser == nil || a.bus == nil || !a.bus.strict {
 		w.marker, _ = a.placeIntent(ctx, key)
 		if a.bus != nil && a.bus.strict {
-			a.bus.announce(ctx, msgPrepare, w.id, key)
+			w.prepared = a.bus.announce(ctx, msgPrepare, w.id, key) && w.marker != nil
 		}
 		return w, nil
 	}
@@ -144,7 +148,7 @@ func (a *Aside[K, V]) beginWrite(ctx context.Context, key string) (writeOp, erro
 		a.refuseWrite(ctx, key, w)
 		return w, fmt.Errorf("%w: a write must reach the local tiers' bus before it changes the source: %w", ErrCacheUnavailable, err)
 	}
-	a.bus.settle(ctx, w.id, members, annErr)
+	w.prepared = a.bus.settle(ctx, ackID(w.id, msgPrepare), members, annErr) && w.marker != nil
 	return w, nil
 }
 
@@ -155,7 +159,7 @@ func (a *Aside[K, V]) refuseWrite(ctx context.Context, key string, w writeOp) {
 	a.m.writesRefused.Add(1)
 	a.log.ErrorContext(ctx, "cacheaside: write refused: the local tiers could not be told", "key", key)
 	if a.tier != nil {
-		a.tier.invalidate(key, msgDone)
+		a.tier.invalidate(key, msgDone, w.id)
 	}
 	if w.marker != nil && a.g.clearer != nil {
 		_, _ = a.g.clearWrite(context.WithoutCancel(ctx), key, w.marker, nil)
@@ -237,14 +241,14 @@ func (a *Aside[K, V]) endWrite(ctx context.Context, key string, w writeOp, relat
 	if !ok || a.bus == nil {
 		failed, err := a.g.clearWrite(context.WithoutCancel(ctx), key, w.marker, keys)
 		err = a.afterDelete(ctx, key, seqs, failed, err)
-		a.tellDone(ctx, w.id, key)
+		a.tellDone(ctx, w, key)
 		return err
 	}
 	inline := keys
 	if a.g.sharder != nil { // the related keys may live on other shards
 		inline = nil
 	}
-	msg := busMsg{kind: msgDone, id: w.id, key: key}.encode()
+	msg := busMsg{kind: w.doneKind(), id: w.id, key: key}.encode()
 	var res announced
 	cctx := context.WithoutCancel(ctx)
 	clearErr := a.g.do(cctx, a.g.shard(key), func(ctx context.Context) error {
@@ -265,21 +269,36 @@ func (a *Aside[K, V]) endWrite(ctx context.Context, key string, w writeOp, relat
 	}
 	err := a.afterDelete(ctx, key, seqs, failed, clearErr)
 	if a.tier != nil {
-		a.tier.invalidate(key, msgDone)
+		a.tier.invalidate(key, msgDone, w.id)
 	}
 	members, annErr := res.get(clearErr)
-	a.bus.settle(ctx, w.id, members, annErr)
+	if w.prepared {
+		a.bus.note(members, annErr)
+	} else {
+		a.bus.settle(ctx, ackID(w.id, msgDone), members, annErr)
+	}
 	return err
+}
+
+// doneKind is the kind of the message that ends w: msgCleared, which
+// nobody acknowledges, after a prepare every member acknowledged (between
+// the two a member holds nothing for the key and fills nothing, so it has
+// nothing to drop that a reader could see; see doc.go), msgDone otherwise.
+func (w writeOp) doneKind() byte {
+	if w.prepared {
+		return msgCleared
+	}
+	return msgDone
 }
 
 // tellDone drops key from this process's local tier and tells the members
 // that the write w changed it.
-func (a *Aside[K, V]) tellDone(ctx context.Context, w, key string) {
+func (a *Aside[K, V]) tellDone(ctx context.Context, w writeOp, key string) {
 	if a.tier != nil {
-		a.tier.invalidate(key, msgDone)
+		a.tier.invalidate(key, msgDone, w.id)
 	}
 	if a.bus != nil {
-		a.bus.announce(ctx, msgDone, w, key)
+		a.bus.announce(ctx, w.doneKind(), w.id, key)
 	}
 }
 
