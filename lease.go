@@ -104,8 +104,20 @@ type leaseTry[V any] struct {
 // takeLease tries to place lease on key: on an empty key, or over a stale
 // or corrupt entry, which it replaces by compare-and-swap.
 func (a *Aside[K, V]) takeLease(ctx context.Context, id K, key string, lease []byte) leaseTry[V] {
+	return a.takeLeaseAs(ctx, id, key, lease, false)
+}
+
+// takeLeaseAs is takeLease, told whether key held a marker when last read
+// (a waiter polling), which some caches answer in fewer round trips.
+func (a *Aside[K, V]) takeLeaseAs(ctx context.Context, id K, key string, lease []byte, wasHeld bool) leaseTry[V] {
 	at := time.Now()
-	held, err := a.g.setNX(ctx, key, lease, a.o.leaseTTL)
+	var held []byte
+	var err error
+	if wasHeld {
+		held, err = a.g.setNXHeld(ctx, key, lease, a.o.leaseTTL)
+	} else {
+		held, err = a.g.setNX(ctx, key, lease, a.o.leaseTTL)
+	}
 	switch {
 	case err != nil:
 		return leaseTry[V]{out: leaseFailed, err: err}
@@ -158,7 +170,7 @@ func (a *Aside[K, V]) leaseLoad(ctx context.Context, id K, f fill, r *result[V])
 	for {
 		lease := newLease()
 		at := time.Now()
-		t := a.takeLease(ctx, id, f.key, lease)
+		t := a.takeLeaseAs(ctx, id, f.key, lease, seen != nil)
 		switch {
 		case t.out == leaseFailed && ctx.Err() != nil:
 			r.err = wrapErr("load "+f.key, ctx.Err())

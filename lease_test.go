@@ -2,6 +2,7 @@ package cacheaside
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"strings"
 	"sync"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 )
 
@@ -443,5 +445,86 @@ func TestLease_RefusedHolderLooksAgain(t *testing.T) {
 		got, err = holder.GetUser(ctx, u.ID)
 		require.NoError(t, err)
 		require.Equal(t, "v2", got.Name)
+	})
+}
+
+// commandNames records the names of the commands a go-redis client sends,
+// with "set nx get" for the native lease command.
+type commandNames struct {
+	mu    sync.Mutex
+	names []string
+}
+
+func (c *commandNames) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (c *commandNames) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		name := cmd.Name()
+		if name == "set" && strings.Contains(strings.ToLower(fmt.Sprint(cmd.Args())), " nx get ") {
+			name = "set nx get"
+		}
+		c.mu.Lock()
+		c.names = append(c.names, name)
+		c.mu.Unlock()
+		return next(ctx, cmd)
+	}
+}
+func (c *commandNames) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+func (c *commandNames) count(name string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, s := range c.names {
+		if s == name {
+			n++
+		}
+	}
+	return n
+}
+
+// TestLease_PollIsOneRoundTrip: a waiter polling another caller's lease
+// asks with the lease script alone, one round trip per poll; only its
+// first look uses the native SET NX GET, which answers a held key with
+// nothing the script would not have to read again.
+func TestLease_PollIsOneRoundTrip(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		if b.client == nil {
+			t.Skip("the memory cache has no round trips")
+		}
+		ctx := context.Background()
+		repo := newTestRepo()
+		u := seedUser(t, repo, "polled")
+		key := userCacheKey(u.ID)
+		require.NoError(t, b.client.Set(ctx, b.prefix+key, newLease(), time.Minute).Err())
+		go func() { // the holder dies; its lease goes
+			time.Sleep(40 * time.Millisecond)
+			b.client.Del(ctx, b.prefix+key)
+		}()
+		// ContextTimeoutEnabled: the cache then uses the client as it is,
+		// hooks and all, rather than a clone (see rediscache.New).
+		var c redis.UniversalClient
+		switch x := b.client.(type) {
+		case *redis.Client:
+			o := *x.Options()
+			o.ContextTimeoutEnabled = true
+			c = redis.NewClient(&o)
+		case *redis.ClusterClient:
+			o := *x.Options()
+			o.ContextTimeoutEnabled = true
+			c = redis.NewClusterClient(&o)
+		}
+		t.Cleanup(func() { c.Close() })
+		names := new(commandNames)
+		c.AddHook(names)
+		svc := NewUserService(repo, NewRedisCache(c, WithKeyPrefix(b.prefix)))
+		got, err := svc.GetUser(ctx, u.ID)
+		require.NoError(t, err)
+		require.Equal(t, "polled", got.Name)
+		require.Equal(t, int64(1), svc.GetMetrics().LeaseWaits)
+		scripts := names.count("evalsha") + names.count("eval")
+		require.GreaterOrEqual(t, scripts, 3, "polls, the final take and the fill: %v", names.names)
+		require.LessOrEqual(t, names.count("set nx get"), 1, "every poll but the first must be the script alone: %v", names.names)
 	})
 }

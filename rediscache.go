@@ -147,6 +147,20 @@ func (r *RedisCache) SetNX(ctx context.Context, key string, val []byte, ttl time
 	return held, nil
 }
 
+// setNXHeld is SetNX for a key that held a marker when last read: one
+// round trip where SetNX, which tries the native SET NX GET first, would
+// take two (see heldSetter).
+func (r *RedisCache) setNXHeld(ctx context.Context, key string, val []byte, ttl time.Duration) ([]byte, error) {
+	if err := r.ready(); err != nil {
+		return nil, err
+	}
+	held, _, err := r.c.SetNXScript(ctx, key, val, ttl, markerPrefix)
+	if err != nil {
+		return nil, wrapErr("redis lease "+key, err)
+	}
+	return held, nil
+}
+
 // CompareAndSwap replaces key's value with val for ttl if the key holds
 // exactly old, or deletes it when val is nil, and reports whether it did.
 // It is one script run.
@@ -179,6 +193,10 @@ func (r *RedisCache) Shard(key string) string {
 // built without it, the cache talks through a clone of the client (from its
 // WithTimeout method) that shares its connection pool and timeouts and
 // honours context deadlines, and leaves the client given to it untouched.
+// That clone does not carry the client's hooks (go-redis v9.23's WithTimeout
+// starts it with none), so hooks added to such a client, redisotel's
+// tracing and metrics say, do not see the cache's commands: build the
+// client with ContextTimeoutEnabled: true, and the cache uses it as it is.
 // A cluster client has no such clone: build it with
 // ContextTimeoutEnabled: true to make this true; otherwise each cache call
 // is handed to a worker goroutine, which costs a hit a few microseconds.

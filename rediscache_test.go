@@ -107,3 +107,23 @@ func TestRedisCache_Sentinel(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, int64(1), n, "the value is stored on the master the sentinel names")
 }
+
+// TestRedisCache_HooksSeeCommandsWithContextTimeout: with a client built
+// with ContextTimeoutEnabled, the cache uses it as it is, so the hooks
+// added to it (tracing, metrics) see the cache's commands, as its
+// documentation promises.
+func TestRedisCache_HooksSeeCommandsWithContextTimeout(t *testing.T) {
+	ctx := context.Background()
+	mr := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr(), ContextTimeoutEnabled: true})
+	t.Cleanup(func() { rdb.Close() })
+	names := new(commandNames)
+	rdb.AddHook(names)
+	repo := newTestRepo()
+	u := seedUser(t, repo, "hooked")
+	svc := NewUserService(repo, NewRedisCache(rdb))
+	_, err := svc.GetUser(ctx, u.ID)
+	require.NoError(t, err)
+	require.True(t, NewRedisCache(rdb).BoundedByContext())
+	require.Positive(t, names.count("get"), "the service's GET went past the client's hook: %v", names.names)
+}

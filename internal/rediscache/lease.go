@@ -91,6 +91,13 @@ func isSyntaxError(err error) bool {
 	return errors.As(err, &re) && strings.HasPrefix(re.Error(), "ERR")
 }
 
+// SetNXScript is SetNX by the script alone: one round trip for a key
+// that likely holds a marker (a waiter polling another caller's lease),
+// where the native command would need the script after it.
+func (c *Cache) SetNXScript(ctx context.Context, key string, b []byte, ttl time.Duration, leasePrefix string) ([]byte, bool, error) {
+	return c.setNXScript(ctx, key, b, ttl, leasePrefix)
+}
+
 func (c *Cache) setNXScript(ctx context.Context, key string, b []byte, ttl time.Duration, leasePrefix string) ([]byte, bool, error) {
 	v, err := setNX.Run(ctx, c.c, []string{c.prefix + key}, b, ms(ttl), leasePrefix).Text()
 	if errors.Is(err, redis.Nil) {
