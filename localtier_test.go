@@ -58,6 +58,18 @@ func newTierInstance(t *testing.T, b backend, repo UserRepository, opts ...UserO
 	return tierInstance{svc: svc, sent: sent}
 }
 
+// servingFleet builds n instances with local tiers over b and waits until
+// each serves.
+func servingFleet(t *testing.T, b backend, repo UserRepository, n int) []tierInstance {
+	t.Helper()
+	insts := make([]tierInstance, n)
+	for i := range insts {
+		insts[i] = newTierInstance(t, b, repo)
+	}
+	serving(t, insts...)
+	return insts
+}
+
 // serving waits until every instance's tier may serve.
 func serving(t *testing.T, insts ...tierInstance) {
 	t.Helper()
@@ -111,8 +123,7 @@ func TestLocalTier_WriteVisibleEverywhere(t *testing.T) {
 		ctx := context.Background()
 		repo := newTestRepo()
 		u := seedUser(t, repo, "v0")
-		insts := []tierInstance{newTierInstance(t, b, repo), newTierInstance(t, b, repo), newTierInstance(t, b, repo)}
-		serving(t, insts...)
+		insts := servingFleet(t, b, repo, 3)
 		for _, in := range insts {
 			_, err := in.svc.GetUser(ctx, u.ID)
 			require.NoError(t, err)
@@ -384,8 +395,7 @@ func TestLocalTier_HealthyWritesWaitOnlyForPrepares(t *testing.T) {
 		ctx := context.Background()
 		repo := newTestRepo()
 		u := seedUser(t, repo, "v0")
-		insts := []tierInstance{newTierInstance(t, b, repo), newTierInstance(t, b, repo), newTierInstance(t, b, repo)}
-		serving(t, insts...)
+		insts := servingFleet(t, b, repo, 3)
 		before := make([]int64, len(insts))
 		for i, in := range insts {
 			before[i] = in.svc.GetMetrics().BusAcks
