@@ -163,6 +163,12 @@ func (s *UserService) createFiltered(ctx context.Context, db UserRepository, use
 // cache. A failed invalidation is counted and logged but does not fail the
 // update (the write is already durable).
 //
+// With a repository that implements UserUpdateReturner (SQLRepository and
+// MemoryRepository do), the row as the repository stored it takes the place
+// of "user:<id>" instead of a delete, when no other write of the user
+// overlapped this one: the next read is a hit rather than a load (counted
+// in WriteFills).
+//
 // It returns ErrInvalidUser for bad input without calling the repository,
 // and ErrUserNotFound (wrapped) when no user has the ID.
 func (s *UserService) UpdateUser(ctx context.Context, user *User) error {
@@ -170,9 +176,15 @@ func (s *UserService) UpdateUser(ctx context.Context, user *User) error {
 		return err
 	}
 	id := user.ID
+	var stored *User
 	return s.write(ctx, "update user "+strconv.Itoa(id), func() int { return id }, func(ctx context.Context, db UserRepository) error {
+		if update := updateReturning(db); update != nil {
+			u, err := update(ctx, user)
+			stored = u
+			return err
+		}
 		return db.UpdateUser(ctx, user)
-	})
+	}, func() *User { return stored })
 }
 
 // DeleteUser deletes the user from the repository and then invalidates its
@@ -195,7 +207,10 @@ func (s *UserService) DeleteUser(ctx context.Context, userID int) error {
 // and retried by the engine, and not returned: the write's data is already
 // durable. With an Outbox, the records the write made are cleared once its
 // delete has landed.
-func (s *UserService) write(ctx context.Context, op string, id func() int, do func(ctx context.Context, db UserRepository) error) (err error) {
+//
+// stored, when given, returns the row as the repository stored it, which
+// the write leaves in the cache if it can (see Aside.leaveValue).
+func (s *UserService) write(ctx context.Context, op string, id func() int, do func(ctx context.Context, db UserRepository) error, stored ...func() *User) (err error) {
 	if s.db == nil {
 		return fmt.Errorf("%w: nil UserRepository", ErrNotConfigured)
 	}
@@ -231,6 +246,11 @@ func (s *UserService) write(ctx context.Context, op string, id func() int, do fu
 	}
 	switch after := id(); {
 	case after > 0 && userCacheKey(after) == key:
+		if err == nil && len(stored) > 0 {
+			if v := stored[0](); v != nil {
+				s.users.leaveValue(&w, key, v)
+			}
+		}
 		_ = s.users.endWrite(ctx, key, w, s.related(after), seqs)
 	case after > 0:
 		_ = s.users.invalidate(ctx, userCacheKey(after), s.related(after), seqs)

@@ -93,8 +93,17 @@
 // neither waits nor fills: it reads the repository, whose value (old or
 // new) is a right answer for a read that overlaps the write, and leaves the
 // key to the writer; no lease can be placed over the marker, so the old row
-// cannot be loaded back while the write runs. The marker expires with the
-// load timeout if its writer dies. Before deleting, a write also moves the
+// cannot be loaded back while the write runs. Markers stack: a write that
+// begins while another is in progress adds its token to the marker, and
+// the key is deleted only when the last of them ends, so a write that ends
+// first never leaves the other's commit unprotected. An update whose
+// marker nobody shared leaves the row the repository stored in its place
+// rather than deleting the key, with a repository that returns it
+// ([UserUpdateReturner]; SQLRepository and MemoryRepository do): the next
+// read is a hit. That row is the source's value until the next write's
+// marker, since no write that began before this one can still be running,
+// and any that began after it shared the marker. The marker expires with
+// the load timeout if its writer dies. Before deleting, a write also moves the
 // key to a new generation: a read that starts after the write returns
 // never joins a load that started before it, and such a load's fill is
 // dropped rather than writing the old row back. A failed delete is
@@ -216,9 +225,9 @@
 // marker before any member was known, and a write whose prepare the member
 // missed while it was cut off: such a write may still be waiting for the
 // member's lease to run out (up to two leases) and then changing the
-// source, and its marker does not always protect the key meanwhile (a
-// second write of the key replaces it, and that write's done deletes
-// the key). This is the protocol's one assumption about time beyond the
+// source (the marker protects the key meanwhile, but a member that rejoins
+// cannot tell which prepares it missed). This is the protocol's one
+// assumption about time beyond the
 // leases, and the markers make it too: a write is expected to change the
 // source within the load timeout (a marker expires after it, and a member
 // refuses to fill a prepared key for as long).

@@ -105,6 +105,11 @@ func (r delayedRepo) UpdateUser(ctx context.Context, u *User) error {
 	return r.MemoryRepository.UpdateUser(ctx, u)
 }
 
+func (r delayedRepo) UpdateUserReturning(ctx context.Context, u *User) (*User, error) {
+	r.pause()
+	return r.MemoryRepository.updateReturning(ctx, u)
+}
+
 func newLinRepo(keys int, delay time.Duration) delayedRepo {
 	r := NewMemoryRepository()
 	for id := 1; id <= keys; id++ {

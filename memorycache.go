@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"slices"
 	"time"
 
 	"github.com/cacheaside/cacheaside/internal/membus"
@@ -144,20 +145,45 @@ func (m *MemoryCache) inProcess() {}
 // clearWrite deletes key unless it holds a write intent other than marker,
 // and the related keys (see writeClearer). Each key's delete is atomic.
 func (m *MemoryCache) clearWrite(ctx context.Context, key string, marker []byte, prefix string, related []string) error {
+	_, err := m.clearOrFill(ctx, key, marker, prefix, related, nil, 0)
+	return err
+}
+
+// clearOrFill is clearWrite that, given fill, sets a key that still holds
+// exactly marker to fill for ttl instead of deleting it, and reports
+// whether it did.
+func (m *MemoryCache) clearOrFill(ctx context.Context, key string, marker []byte, prefix string, related []string, fill []byte, ttl time.Duration) (filled bool, err error) {
 	if err := ctx.Err(); err != nil {
-		return err
+		return false, err
 	}
 	for {
 		held, ok := m.c.Get(key)
-		if !ok || (!bytes.Equal(held, marker) && bytes.HasPrefix(held, []byte(prefix))) {
+		if !ok {
 			break
 		}
-		if m.c.CompareAndSwap(key, held, nil, 0) {
+		var next []byte // nil: delete
+		nextTTL := ttl
+		if bytes.HasPrefix(held, []byte(prefix)) {
+			toks, shared := markerTokens(held)
+			rest := slices.DeleteFunc(slices.Clone(toks), func(t string) bool { return t == markerToken(marker) })
+			switch {
+			case len(rest) == len(toks): // another write's marker: it ends it
+				m.c.Delete(related...)
+				return false, nil
+			case len(rest) > 0:
+				next = markerOf(rest, true)
+				nextTTL, _ = m.c.TTL(key)
+			case !shared && fill != nil:
+				next = fill
+			}
+		}
+		if m.c.CompareAndSwap(key, held, next, nextTTL) {
+			filled = next != nil && !isWriting(next)
 			break
 		}
 	}
 	m.c.Delete(related...)
-	return nil
+	return filled, nil
 }
 
 // BoundedByContext reports true: the memory cache never waits (see
@@ -235,18 +261,46 @@ func (m *MemoryCache) busDropAcks(_ context.Context, write string) error {
 
 // beginWriteAnnounced places marker under key and announces msg on the bus
 // (see writeAnnouncer).
-func (m *MemoryCache) beginWriteAnnounced(ctx context.Context, key string, marker []byte, ttl time.Duration, msg []byte) (error, []busMember, error) {
-	markErr := m.SetJSON(ctx, key, json.RawMessage(marker), ttl)
+func (m *MemoryCache) beginWriteAnnounced(ctx context.Context, key string, marker []byte, ttl time.Duration, msg []byte) (error, bool, []busMember, error) {
+	if err := ctx.Err(); err != nil {
+		return err, false, nil, err
+	}
+	prev := m.placeWrite(key, marker, ttl)
 	_, ms, annErr := m.busAnnounce(ctx, msg)
-	return markErr, ms, annErr
+	return nil, !isWriting(prev), ms, annErr
+}
+
+// placeWrite places a write's marker on key for ttl, adding its token to a
+// marker already there (see stackMarker), and returns what key held.
+func (m *MemoryCache) placeWrite(key string, marker []byte, ttl time.Duration) (prev []byte) {
+	for {
+		held, ok := m.c.Get(key)
+		if !ok {
+			if _, placed := m.c.SetNX(key, marker, ttl, markerPrefix); placed {
+				return nil
+			}
+			continue
+		}
+		if m.c.CompareAndSwap(key, held, stackMarker(held, marker), ttl) {
+			return held
+		}
+	}
+}
+
+// placeWriteMarker places a write's marker (see writePlacer).
+func (m *MemoryCache) placeWriteMarker(ctx context.Context, key string, marker []byte, ttl time.Duration) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	return !isWriting(m.placeWrite(key, marker, ttl)), nil
 }
 
 // endWriteAnnounced ends a write to key (see writeClearer) and announces
 // msg on the bus (see writeAnnouncer).
-func (m *MemoryCache) endWriteAnnounced(ctx context.Context, key string, marker []byte, prefix string, related []string, msg []byte) (error, []busMember, error) {
-	clearErr := m.clearWrite(ctx, key, marker, prefix, related)
+func (m *MemoryCache) endWriteAnnounced(ctx context.Context, key string, marker []byte, prefix string, related []string, fill []byte, fillTTL time.Duration, msg []byte) (error, bool, []busMember, error) {
+	filled, clearErr := m.clearOrFill(ctx, key, marker, prefix, related, fill, fillTTL)
 	_, ms, annErr := m.busAnnounce(ctx, msg)
-	return clearErr, ms, annErr
+	return clearErr, filled, ms, annErr
 }
 
 // claimRefresh claims key's early refresh (see refreshClaimer).

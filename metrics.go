@@ -63,6 +63,10 @@ type ServiceMetrics struct {
 	// write removed the lease while they read) and that looked at the key
 	// again instead of returning what they read.
 	RefusedFillReloads int64
+	// WriteFills counts updates that left the row the repository stored in
+	// the cache in place of their marker, rather than deleting the key
+	// (see UserUpdateReturner).
+	WriteFills int64
 	// BloomRejected counts reads answered "not found" by the Bloom filter
 	// (WithBloomFilter) without a load.
 	BloomRejected int64
@@ -163,6 +167,7 @@ type counters struct {
 	dbErrs, decodeErrs, staleFills  atomic.Int64
 	leaseWaits, leaseTimeouts       atomic.Int64
 	rejoins, refusedReloads         atomic.Int64
+	writeFills                      atomic.Int64
 	earlyRefreshes, writesRefused   atomic.Int64
 	bloomRejected                   atomic.Int64
 	cacheTimeouts, cacheRejected    atomic.Int64
@@ -217,6 +222,7 @@ func (c *counters) snapshot(size int64) ServiceMetrics {
 		LeaseWaitTimeouts:       c.leaseTimeouts.Load(),
 		Rejoins:                 c.rejoins.Load(),
 		RefusedFillReloads:      c.refusedReloads.Load(),
+		WriteFills:              c.writeFills.Load(),
 		EarlyRefreshes:          c.earlyRefreshes.Load(),
 		WritesRefused:           c.writesRefused.Load(),
 		BloomRejected:           c.bloomRejected.Load(),

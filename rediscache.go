@@ -315,22 +315,34 @@ func (r *RedisCache) busDropAcks(ctx context.Context, write string) error {
 
 // beginWriteAnnounced places marker under key and announces msg on the bus,
 // in one round trip (see writeAnnouncer).
-func (r *RedisCache) beginWriteAnnounced(ctx context.Context, key string, marker []byte, ttl time.Duration, msg []byte) (error, []busMember, error) {
+func (r *RedisCache) beginWriteAnnounced(ctx context.Context, key string, marker []byte, ttl time.Duration, msg []byte) (error, bool, []busMember, error) {
 	if err := r.ready(); err != nil {
-		return err, nil, err
+		return err, false, nil, err
 	}
-	markErr, _, ms, annErr := r.c.BeginWrite(ctx, key, marker, ttl, msg)
-	return markErr, busMembers(ms), annErr
+	markErr, prev, _, ms, annErr := r.c.BeginWrite(ctx, key, marker, markers(writingPrefix), ttl, msg)
+	return markErr, !isWriting(prev), busMembers(ms), annErr
+}
+
+// placeWriteMarker places a write's marker (see writePlacer).
+func (r *RedisCache) placeWriteMarker(ctx context.Context, key string, marker []byte, ttl time.Duration) (bool, error) {
+	if err := r.ready(); err != nil {
+		return false, err
+	}
+	prev, err := r.c.PlaceWrite(ctx, key, marker, markers(writingPrefix), ttl)
+	if err != nil {
+		return false, wrapErr("redis write intent "+key, err)
+	}
+	return !isWriting(prev), nil
 }
 
 // endWriteAnnounced ends a write to key (see writeClearer) and announces
 // msg on the bus, in one round trip (see writeAnnouncer).
-func (r *RedisCache) endWriteAnnounced(ctx context.Context, key string, marker []byte, prefix string, related []string, msg []byte) (error, []busMember, error) {
+func (r *RedisCache) endWriteAnnounced(ctx context.Context, key string, marker []byte, prefix string, related []string, fill []byte, fillTTL time.Duration, msg []byte) (error, bool, []busMember, error) {
 	if err := r.ready(); err != nil {
-		return err, nil, err
+		return err, false, nil, err
 	}
-	clearErr, _, ms, annErr := r.c.EndWrite(ctx, key, marker, markers(prefix), related, msg)
-	return clearErr, busMembers(ms), annErr
+	clearErr, filled, _, ms, annErr := r.c.EndWrite(ctx, key, marker, markers(prefix), related, fill, fillTTL, msg)
+	return clearErr, filled, busMembers(ms), annErr
 }
 
 func busMembers(ms []rediscache.Member) []busMember {

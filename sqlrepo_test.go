@@ -244,3 +244,24 @@ func TestRootImportsNoSQLDriver(t *testing.T) {
 			"the root package imports a SQL driver: %s", dep)
 	}
 }
+
+// TestSQLRepository_UpdateReturnsTheStoredRow: what an update returns is
+// exactly what a read returns after it, CreateAt included, which the
+// caller's user does not carry: it is what UpdateUser leaves in the cache.
+func TestSQLRepository_UpdateReturnsTheStoredRow(t *testing.T) {
+	forEachSQLBackend(t, func(t *testing.T, b sqlBackend) {
+		ctx := context.Background()
+		u := &User{Name: "before", Email: "b@example.com"}
+		require.NoError(t, b.repo.CreateUser(ctx, u))
+		stored, err := updateReturning(b.repo)(ctx, &User{ID: u.ID, Name: "after", Email: "a@example.com"})
+		require.NoError(t, err)
+		got, err := b.repo.GetUser(ctx, u.ID)
+		require.NoError(t, err)
+		require.Equal(t, got.ID, stored.ID)
+		require.Equal(t, got.Name, stored.Name)
+		require.Equal(t, got.Email, stored.Email)
+		require.True(t, got.CreateAt.Equal(stored.CreateAt), "%v != %v", got.CreateAt, stored.CreateAt)
+		_, err = updateReturning(b.repo)(ctx, &User{ID: u.ID + 1000, Name: "x", Email: "x@example.com"})
+		require.ErrorIs(t, err, ErrUserNotFound)
+	})
+}

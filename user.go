@@ -46,6 +46,35 @@ type BatchUserRepository interface {
 	GetUsers(ctx context.Context, ids []int) ([]*User, error)
 }
 
+// UserUpdateReturner is an optional interface that a UserRepository may
+// implement to return the user as it stored it (UPDATE ... RETURNING, say).
+// UpdateUser checks for it; with it, UpdateUser leaves that row in the cache
+// in place of the write's marker, rather than deleting the key, so the next
+// read is a hit instead of a load. The row must be exactly what GetUser
+// would return after the update, and it must carry the ID it was updated
+// under. SQLRepository and MemoryRepository do the same without exporting
+// the method: a type that embeds one of them and overrides UpdateUser (to
+// trace or audit writes, say) would otherwise have its UpdateUser bypassed
+// by a promoted UpdateUserReturning. A type of your own that implements
+// this interface must keep the two methods in step itself.
+type UserUpdateReturner interface {
+	UpdateUserReturning(ctx context.Context, user *User) (*User, error)
+}
+
+// updateReturning returns db's way to update a user and return the row as
+// stored, or nil if it has none (see UserUpdateReturner).
+func updateReturning(db UserRepository) func(ctx context.Context, user *User) (*User, error) {
+	switch r := db.(type) {
+	case UserUpdateReturner:
+		return r.UpdateUserReturning
+	case *SQLRepository:
+		return r.updateReturning
+	case *MemoryRepository:
+		return r.updateReturning
+	}
+	return nil
+}
+
 // UserCacheTTL is how long a UserService caches a user when WithTTL does
 // not say otherwise.
 const UserCacheTTL = 1 * time.Hour

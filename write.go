@@ -7,8 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -26,11 +29,13 @@ import (
 //     marker, not the old value, so it has nothing old to fill its tier
 //     with (see doc.go).
 //  2. The write itself.
-//  3. The marker is deleted, with the related keys, unless another
-//     writer's marker has replaced it (that writer deletes its own). If the
-//     delete fails, it is retried until it lands, and the marker expires
-//     by itself after the load timeout anyway: an empty key, never the old
-//     value.
+//  3. The write's token is taken out of the marker, and the key is
+//     deleted, with the related keys, once no other write's token is left
+//     in it (markers stack; see stackMarker), or, for an update whose
+//     marker nobody shared, set to the row the source stored (see
+//     leaveValue). If the clear fails, it is retried until it lands, and
+//     the marker expires by itself after the load timeout anyway: an empty
+//     key, never the old value.
 //
 // Every write places the marker, with or without local tiers: a write that
 // only deleted the old value after the source changed would leave it
@@ -50,6 +55,53 @@ func isWriting(b []byte) bool { return bytes.HasPrefix(b, []byte(writingPrefix))
 // isHeld reports whether b is a lease or a write intent: a key that some
 // caller is working on, which holds no value to read.
 func isHeld(b []byte) bool { return isLease(b) || isWriting(b) }
+
+// Markers stack (see internal/rediscache's beginWrite and clearWrite, which
+// the memory cache mirrors): a marker holds the token of every write in
+// progress, and a "!" once more than one write shared it, so the key holds
+// a marker for as long as any write that placed one runs, and a write may
+// leave its own value in place of its marker only if nobody shared it.
+
+// markerToken returns the token of a write's own marker.
+func markerToken(marker []byte) string {
+	return string(bytes.TrimSuffix(bytes.TrimPrefix(marker, []byte(writingPrefix)), []byte(`"`)))
+}
+
+// markerTokens returns the tokens a marker holds and whether it was shared.
+func markerTokens(m []byte) (toks []string, shared bool) {
+	body := markerToken(m)
+	body, shared = strings.CutSuffix(body, "!")
+	return strings.Split(body, ","), shared
+}
+
+// markerOf builds a marker of toks.
+func markerOf(toks []string, shared bool) []byte {
+	b := append([]byte(writingPrefix), strings.Join(toks, ",")...)
+	if shared {
+		b = append(b, '!')
+	}
+	return append(b, '"')
+}
+
+// stackMarker returns what a key that holds held becomes when the write
+// whose own marker is marker begins: marker, or held with its token added.
+func stackMarker(held, marker []byte) []byte {
+	if !isWriting(held) {
+		return marker
+	}
+	toks, _ := markerTokens(held)
+	if slices.Contains(toks, markerToken(marker)) {
+		return held // a retry
+	}
+	return markerOf(append(toks, markerToken(marker)), true)
+}
+
+// writePlacer is what the adapters of this package offer to place a
+// write's marker stacked on any marker already there; it reports whether
+// key held no other write's marker.
+type writePlacer interface {
+	placeWriteMarker(ctx context.Context, key string, marker []byte, ttl time.Duration) (alone bool, err error)
+}
 
 func newWriteMarker() []byte {
 	b := make([]byte, 0, len(writingPrefix)+33)
@@ -73,14 +125,28 @@ type writeOp struct {
 	// by the prepare acknowledged it or lost its lease. The write's end is
 	// then announced without waiting for anyone (msgCleared).
 	prepared bool
+	// alone: the marker was placed at the first attempt, over no other
+	// write's marker, so no write of the key that began before this one
+	// can still be running. Only such a write may leave its own value in
+	// the cache (fill).
+	alone bool
+	// fill, when set, is the entry the write leaves in place of its
+	// marker, for fillTTL: the value as the source stored it (see
+	// writeThrough).
+	fill    []byte
+	fillTTL time.Duration
 }
 
 // writeAnnouncer is what the adapters of this package offer to begin and
 // end a write in one round trip each: the write intent (or its clearing)
 // and the bus announcement together. Each half reports its own error.
 type writeAnnouncer interface {
-	beginWriteAnnounced(ctx context.Context, key string, marker []byte, ttl time.Duration, msg []byte) (markErr error, members []busMember, annErr error)
-	endWriteAnnounced(ctx context.Context, key string, marker []byte, prefix string, related []string, msg []byte) (clearErr error, members []busMember, annErr error)
+	// beginWriteAnnounced also reports whether key held no other write's
+	// marker before (false when it cannot tell).
+	beginWriteAnnounced(ctx context.Context, key string, marker []byte, ttl time.Duration, msg []byte) (markErr error, alone bool, members []busMember, annErr error)
+	// endWriteAnnounced, given fill, sets a key that still holds exactly
+	// marker to fill for fillTTL instead of deleting it.
+	endWriteAnnounced(ctx context.Context, key string, marker []byte, prefix string, related []string, fill []byte, fillTTL time.Duration, msg []byte) (clearErr error, filled bool, members []busMember, annErr error)
 }
 
 // beginWrite starts a write to key: this process's local tier drops the
@@ -122,14 +188,19 @@ func (a *Aside[K, V]) beginWrite(ctx context.Context, key string) (writeOp, erro
 		shard          = a.g.shard(key)
 		uncancelledCtx = context.WithoutCancel(ctx)
 	)
-	for {
+	for attempt := 0; ; attempt++ {
 		var res announced
+		var alone atomic.Bool
 		markErr = a.g.doPast(uncancelledCtx, shard, box, func(ctx context.Context) error {
-			markErr, members, annErr := wa.beginWriteAnnounced(ctx, key, marker, a.o.loadTimeout, msg)
+			markErr, al, members, annErr := wa.beginWriteAnnounced(ctx, key, marker, a.o.loadTimeout, msg)
+			alone.Store(al)
 			res.set(members, annErr)
 			return markErr
 		})
 		members, annErr = res.get(markErr)
+		// A second attempt may find the first one's marker, which may
+		// have replaced another write's.
+		w.alone = attempt == 0 && markErr == nil && alone.Load()
 		if (markErr == nil && annErr == nil) || !mustTell || !time.Now().Before(deadline) {
 			break
 		}
@@ -210,6 +281,10 @@ func (a *Aside[K, V]) placeIntent(ctx context.Context, key string) ([]byte, erro
 	var err error
 	for attempt := 0; attempt == 0 || time.Now().Before(deadline); attempt++ {
 		err = a.g.doPast(ctx, a.g.shard(key), a.o.cacheTimeout, func(ctx context.Context) error {
+			if wp, ok := a.g.c.(writePlacer); ok {
+				_, err := wp.placeWriteMarker(ctx, key, marker, a.o.loadTimeout)
+				return err
+			}
 			return a.g.c.SetJSON(ctx, key, marker, a.o.loadTimeout)
 		})
 		if err == nil {
@@ -249,13 +324,22 @@ func (a *Aside[K, V]) endWrite(ctx context.Context, key string, w writeOp, relat
 		inline = nil
 	}
 	msg := busMsg{kind: w.doneKind(), id: w.id, key: key}.encode()
+	var fill []byte
+	if w.alone && w.fillTTL > 0 {
+		fill = w.fill
+	}
 	var res announced
+	var filled atomic.Bool
 	cctx := context.WithoutCancel(ctx)
 	clearErr := a.g.do(cctx, a.g.shard(key), func(ctx context.Context) error {
-		clearErr, members, annErr := wa.endWriteAnnounced(ctx, key, w.marker, writingPrefix, inline, msg)
+		clearErr, f, members, annErr := wa.endWriteAnnounced(ctx, key, w.marker, writingPrefix, inline, fill, w.fillTTL, msg)
+		filled.Store(f)
 		res.set(members, annErr)
 		return clearErr
 	})
+	if clearErr == nil && filled.Load() {
+		a.m.writeFills.Add(1)
+	}
 	var failed []string
 	if clearErr != nil {
 		failed = append([]string{key}, inline...)
@@ -289,6 +373,27 @@ func (w writeOp) doneKind() byte {
 		return msgCleared
 	}
 	return msgDone
+}
+
+// leaveValue makes the write w leave v, as the source stored it under key,
+// in the cache at its end, in place of its marker (write-through). It is
+// only done where it is safe: the write placed its marker over no other
+// write's, at its first attempt (w.alone), and the key still holds that
+// marker when the write ends (the compare is in the same step as the
+// fill). Then no write that began before this one can still change the
+// source, and any that began after it replaced the marker, so v is the
+// source's value until the next write's marker. v must carry key's ID; an
+// entry larger than WithMaxValueSize is not left.
+func (a *Aside[K, V]) leaveValue(w *writeOp, key string, v *V) {
+	if !w.alone || w.marker == nil || (a.idOf != nil && a.key(a.idOf(v)) != key) {
+		return
+	}
+	ttl := a.jitter(a.ttlFor(key))
+	raw, err := a.encode(key, v, ttl, 0)
+	if err != nil || len(raw) > a.o.maxValueSize {
+		return
+	}
+	w.fill, w.fillTTL = raw, ttl+a.o.failSafe
 }
 
 // tellDone drops key from this process's local tier and tells the members

@@ -161,3 +161,84 @@ func TestWrite_IntentPastAnOpenBreaker(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "v1", got.Name, "another instance must not read the replaced row after the write returned")
 }
+
+// TestWrite_OverlappingWritesKeepTheMarker: a write that begins while
+// another is in progress stacks its token on the marker, and the key holds
+// a marker until the last of them ends, whichever ends first; neither
+// leaves its value, since the marker was shared. (A marker that the first
+// write to end deleted left the second's commit unprotected: a reader
+// could fill the row it replaced, and the porcupine checker caught one.)
+func TestWrite_OverlappingWritesKeepTheMarker(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		for _, firstEnds := range []bool{true, false} {
+			ctx := context.Background()
+			repo := NewMemoryRepository()
+			u := &User{Name: "v0", Email: "u@example.com"}
+			require.NoError(t, repo.CreateUser(ctx, u))
+			svc := NewUserService(repo, b.fork(t))
+			t.Cleanup(func() { svc.Close() })
+			key := userCacheKey(u.ID)
+			w1, err := svc.users.beginWrite(ctx, key)
+			require.NoError(t, err)
+			w2, err := svc.users.beginWrite(ctx, key)
+			require.NoError(t, err)
+			require.True(t, w1.alone)
+			require.False(t, w2.alone, "w2 began over w1's marker")
+			first, second := w1, w2
+			if !firstEnds {
+				first, second = w2, w1
+			}
+			v := *u
+			svc.users.leaveValue(&first, key, &v)
+			svc.users.leaveValue(&second, key, &v)
+			require.NoError(t, svc.users.endWrite(ctx, key, first, nil, nil))
+			raw, ok := b.raw(key)
+			require.True(t, ok && isWriting([]byte(raw)), "the other write is still in progress: %q", raw)
+			require.NoError(t, svc.users.endWrite(ctx, key, second, nil, nil))
+			_, ok = b.raw(key)
+			require.False(t, ok, "both writes ended over a shared marker: the key is deleted")
+			require.Zero(t, svc.GetMetrics().WriteFills)
+		}
+	})
+}
+
+// TestWrite_UpdateLeavesTheStoredRow: an update through a repository that
+// returns the row it stored leaves that row in the cache in place of its
+// marker, so another instance's next read is a hit; without such a
+// repository, the key is deleted as before.
+func TestWrite_UpdateLeavesTheStoredRow(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		repo := NewMemoryRepository()
+		u := &User{Name: "v0", Email: "u@example.com"}
+		require.NoError(t, repo.CreateUser(ctx, u))
+		writer := NewUserService(repo, b.fork(t))
+		reader := NewUserService(repo, b.fork(t))
+		t.Cleanup(func() { writer.Close(); reader.Close() })
+		_, err := reader.GetUser(ctx, u.ID)
+		require.NoError(t, err)
+		upd := &User{ID: u.ID, Name: "v1", Email: "u@example.com"}
+		require.NoError(t, writer.UpdateUser(ctx, upd))
+		require.Equal(t, int64(1), writer.GetMetrics().WriteFills)
+		raw, ok := b.raw(userCacheKey(u.ID))
+		require.True(t, ok)
+		require.Contains(t, raw, `"name":"v1"`)
+		loads := reader.GetMetrics().DatabaseLoads
+		got, err := reader.GetUser(ctx, u.ID)
+		require.NoError(t, err)
+		require.Equal(t, "v1", got.Name)
+		require.Equal(t, u.CreateAt.UnixMicro(), got.CreateAt.UnixMicro(), "the stored row, not the caller's")
+		require.Equal(t, loads, reader.GetMetrics().DatabaseLoads, "a hit")
+
+		plain := newTestRepo() // embeds a MemoryRepository, overrides UpdateUser: no write-through
+		p := seedUser(t, plain, "p0")
+		svc := NewUserService(plain, b.fork(t))
+		t.Cleanup(func() { svc.Close() })
+		_, err = svc.GetUser(ctx, p.ID)
+		require.NoError(t, err)
+		require.NoError(t, svc.UpdateUser(ctx, &User{ID: p.ID, Name: "p1", Email: "u@example.com"}))
+		_, ok = b.raw(userCacheKey(p.ID))
+		require.False(t, ok, "deleted")
+		require.Zero(t, svc.GetMetrics().WriteFills)
+	})
+}

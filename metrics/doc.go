@@ -120,6 +120,7 @@
 //	cacheaside_lease_waits_total                cacheaside.lease.waits               counter  {wait}                        LeaseWaits
 //	cacheaside_lease_wait_timeouts_total        cacheaside.lease.wait_timeouts       counter  {wait}                        LeaseWaitTimeouts
 //	cacheaside_lease_refused_reloads_total      cacheaside.lease.refused_reloads     counter  {load}                        RefusedFillReloads
+//	cacheaside_write_fills_total                cacheaside.write.fills               counter  {write}                       WriteFills
 //	cacheaside_breaker_opens_total              cacheaside.breaker.opens             counter  {transition}  breaker: cache, repository
 //	                                                                                                        cache: CacheBreakerOpens; repository: RepositoryBreakerOpens
 //	cacheaside_breaker_rejected_calls_total     cacheaside.breaker.rejected_calls    counter  {call}        breaker: cache, repository

@@ -74,6 +74,7 @@ var table = []row{
 	{"lease.waits", counter, "{wait}", "", "", func(m *snap) float64 { return float64(m.LeaseWaits) }, "Loads that found another caller's lease on their key and waited for its value."},
 	{"lease.wait_timeouts", counter, "{wait}", "", "", func(m *snap) float64 { return float64(m.LeaseWaitTimeouts) }, "Waits for another caller's lease that ran out (WithLeaseWait) and read the repository."},
 	{"lease.refused_reloads", counter, "{load}", "", "", func(m *snap) float64 { return float64(m.RefusedFillReloads) }, "Lease holders whose fill was refused and that looked at the key again instead of returning what they read."},
+	{"write.fills", counter, "{write}", "", "", func(m *snap) float64 { return float64(m.WriteFills) }, "Updates that left the row the repository stored in the cache in place of their marker."},
 
 	// Circuit breakers.
 	{"breaker.opens", counter, "{transition}", "breaker", "cache", func(m *snap) float64 { return float64(m.CacheBreakerOpens) }, "Times a circuit breaker opened, by breaker: cache (any shard's) or repository."},

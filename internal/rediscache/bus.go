@@ -177,26 +177,34 @@ func (c *Cache) Subscribe(ctx context.Context) *redis.PubSub {
 	return c.user.Subscribe(ctx, c.BusChannel())
 }
 
-// BeginWrite places marker under key for ttl, replacing whatever is there,
-// and announces msg, in one round trip (a pipeline, which a cluster client
-// sends to the two slots' nodes at once). It returns the error of each
-// half, and the announcement's result.
-func (c *Cache) BeginWrite(ctx context.Context, key string, marker []byte, ttl time.Duration, msg []byte) (markErr error, now time.Time, members []Member, annErr error) {
-	var set *redis.StatusCmd
-	var ann *redis.Cmd
+// BeginWrite places marker under key for ttl, adding its token to a
+// marker already there (see beginWrite), and announces msg, in one round
+// trip (a pipeline, which a cluster client sends to the two slots' nodes
+// at once). It returns the error of each half, what key held before (nil
+// for nothing), and the announcement's result.
+func (c *Cache) BeginWrite(ctx context.Context, key string, marker []byte, m Markers, ttl time.Duration, msg []byte) (markErr error, prev []byte, now time.Time, members []Member, annErr error) {
+	var set, ann *redis.Cmd
 	_, _ = c.c.Pipelined(ctx, func(p redis.Pipeliner) error {
-		set = p.Set(ctx, c.prefix+key, marker, ttl)
+		set = beginWrite.Eval(ctx, p, []string{c.prefix + key}, marker, ms(ttl), m.Intent)
 		ann = announce.Eval(ctx, p, []string{c.membersKey()}, c.BusChannel(), msg)
 		return nil
 	})
 	now, members, annErr = announced(ann)
-	return set.Err(), now, members, annErr
+	text, markErr := set.Text()
+	if errors.Is(markErr, redis.Nil) { // the key held nothing
+		return nil, nil, now, members, annErr
+	}
+	return markErr, []byte(text), now, members, annErr
 }
 
 // EndWrite ends a write to key (see ClearWrite) and announces msg, in one
 // round trip. On a cluster the related keys are deleted by commands of
 // their own in the same pipeline.
-func (c *Cache) EndWrite(ctx context.Context, key string, mine []byte, m Markers, related []string, msg []byte) (clearErr error, now time.Time, members []Member, annErr error) {
+//
+// With fill, a key that still holds exactly mine is given fill, for
+// fillTTL, instead of being deleted (the writer's own value, as the source
+// stored it), and filled reports it.
+func (c *Cache) EndWrite(ctx context.Context, key string, mine []byte, m Markers, related []string, fill []byte, fillTTL time.Duration, msg []byte) (clearErr error, filled bool, now time.Time, members []Member, annErr error) {
 	keys := []string{c.prefix + key}
 	if !c.cluster {
 		for _, k := range related {
@@ -206,7 +214,7 @@ func (c *Cache) EndWrite(ctx context.Context, key string, mine []byte, m Markers
 	var clear []redis.Cmder
 	var ann *redis.Cmd
 	_, _ = c.c.Pipelined(ctx, func(p redis.Pipeliner) error {
-		clear = append(clear, clearWrite.Eval(ctx, p, keys, mine, m.Intent))
+		clear = append(clear, clearWrite.Eval(ctx, p, keys, mine, m.Intent, fill, ms(fillTTL)))
 		if c.cluster {
 			for _, k := range related {
 				clear = append(clear, p.Del(ctx, c.prefix+k))
@@ -221,8 +229,12 @@ func (c *Cache) EndWrite(ctx context.Context, key string, mine []byte, m Markers
 			break
 		}
 	}
+	if clearErr == nil {
+		n, _ := clear[0].(*redis.Cmd).Int()
+		filled = n == 2
+	}
 	now, members, annErr = announced(ann)
-	return clearErr, now, members, annErr
+	return clearErr, filled, now, members, annErr
 }
 
 // announced reads the reply of the announce script.

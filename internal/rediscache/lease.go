@@ -130,21 +130,96 @@ func ms(ttl time.Duration) int64 {
 	return max(ttl.Milliseconds(), 1)
 }
 
-// clearWrite deletes KEYS[1] unless it holds a value other than ARGV[1]
-// that starts with ARGV[2] (another writer's intent), and deletes every
-// other key it is given. A key of another type than a string is deleted.
+// Write-intent markers stack. A marker is the intent prefix, the tokens of
+// the writes in progress joined by commas, a "!" once more than one write
+// shared it, and a closing quote: "<prefix>T1", "<prefix>T1,T2!". A write
+// that begins over another's marker adds its token (beginWrite); one that
+// ends takes its own out and deletes the key only when no token is left
+// (clearWrite). So the key holds a marker for as long as any write that
+// placed one is in progress, and a write may leave its own value in place
+// of the marker only if nobody else ever shared it.
+
+// beginWrite places the marker of the write whose own marker is ARGV[1]
+// (the prefix ARGV[3], its token, a closing quote) on KEYS[1] for ARGV[2]
+// milliseconds, adding its token to a marker already there (unless it is
+// there: a retry). A key of another type is deleted first. It returns what
+// the key held before, or false.
+var beginWrite = redis.NewScript(`
+local p = ARGV[3]
+local tok = string.sub(ARGV[1], #p + 1, -2)
+local t = redis.call('TYPE', KEYS[1])['ok']
+local old = false
+if t == 'string' then
+  old = redis.call('GET', KEYS[1])
+elseif t ~= 'none' then
+  redis.call('DEL', KEYS[1])
+end
+local new = ARGV[1]
+if old and string.sub(old, 1, #p) == p then
+  new = old
+  local body = string.sub(old, #p + 1, -2)
+  if string.sub(body, -1) == '!' then body = string.sub(body, 1, -2) end
+  local here = false
+  for x in string.gmatch(body, '[^,]+') do
+    if x == tok then here = true end
+  end
+  if not here then new = p .. body .. ',' .. tok .. '!"' end
+end
+redis.call('SET', KEYS[1], new, 'PX', ARGV[2])
+return old`)
+
+// clearWrite ends the write whose own marker is ARGV[1] (see beginWrite;
+// ARGV[2] is the intent prefix): if KEYS[1] holds a marker with its token,
+// the token is taken out, and the key is deleted when none is left, or,
+// given ARGV[3], set to ARGV[3] for ARGV[4] milliseconds if the marker was
+// never shared (the script then returns 2); a marker without its token is
+// another write's, and stays; anything else is deleted. Every other key it
+// is given is deleted.
 var clearWrite = redis.NewScript(`
+local p = ARGV[2]
+local tok = string.sub(ARGV[1], #p + 1, -2)
+local ret = 1
 local t = redis.call('TYPE', KEYS[1])['ok']
 if t == 'string' then
   local v = redis.call('GET', KEYS[1])
-  if v == ARGV[1] or string.sub(v, 1, string.len(ARGV[2])) ~= ARGV[2] then
+  if string.sub(v, 1, #p) == p then
+    local body = string.sub(v, #p + 1, -2)
+    local shared = string.sub(body, -1) == '!'
+    if shared then body = string.sub(body, 1, -2) end
+    local rest = {}
+    local mine = false
+    for x in string.gmatch(body, '[^,]+') do
+      if x == tok then mine = true else table.insert(rest, x) end
+    end
+    if mine and #rest > 0 then
+      local ttl = redis.call('PTTL', KEYS[1])
+      local nv = p .. table.concat(rest, ',') .. '!"'
+      if ttl > 0 then redis.call('SET', KEYS[1], nv, 'PX', ttl) else redis.call('SET', KEYS[1], nv) end
+    elseif mine and not shared and ARGV[3] and ARGV[3] ~= '' then
+      redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+      ret = 2
+    elseif mine then
+      redis.call('DEL', KEYS[1])
+    end
+  else
     redis.call('DEL', KEYS[1])
   end
 elseif t ~= 'none' then
   redis.call('DEL', KEYS[1])
 end
 for i = 2, #KEYS do redis.call('DEL', KEYS[i]) end
-return 1`)
+return ret`)
+
+// PlaceWrite places the marker of a write on key for ttl, adding its token
+// to a marker already there (see beginWrite), and returns what key held
+// before (nil for nothing).
+func (c *Cache) PlaceWrite(ctx context.Context, key string, marker []byte, m Markers, ttl time.Duration) ([]byte, error) {
+	v, err := beginWrite.Run(ctx, c.c, []string{c.prefix + key}, marker, ms(ttl), m.Intent).Text()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
+	}
+	return []byte(v), err
+}
 
 // Markers are the prefixes of what the root package stores besides
 // values: write intents and leases.
@@ -152,9 +227,9 @@ type Markers struct {
 	Intent, Lease string
 }
 
-// ClearWrite ends a write to key: it deletes key unless it holds a write
-// intent other than mine, and deletes related, in one script run. On a
-// cluster, related must be in key's slot.
+// ClearWrite ends a write to key: it takes its token out of key's marker
+// and deletes the key once none is left (see clearWrite), and deletes
+// related, in one script run. On a cluster, related must be in key's slot.
 func (c *Cache) ClearWrite(ctx context.Context, key string, mine []byte, m Markers, related []string) error {
 	keys := make([]string, 0, 1+len(related))
 	keys = append(keys, c.prefix+key)

@@ -277,6 +277,8 @@ type libraryCounters struct {
 	LeaseWaitTimeouts int64 `json:"lease_wait_timeouts"`
 	Rejoins           int64 `json:"rejoins"`
 	StaleFillsSkipped int64 `json:"stale_fills_skipped"`
+	// WriteFills counts updates that left the stored row in the cache.
+	WriteFills int64 `json:"write_fills"`
 	// EarlyRefreshes counts the entries an early refresh replaced before
 	// they expired (cacheaside-early).
 	EarlyRefreshes     int64 `json:"early_refreshes"`
@@ -352,6 +354,7 @@ func (c *libraryCounters) add(m cacheaside.ServiceMetrics) {
 	c.LeaseWaitTimeouts += m.LeaseWaitTimeouts
 	c.Rejoins += m.Rejoins
 	c.StaleFillsSkipped += m.StaleFillsSkipped
+	c.WriteFills += m.WriteFills
 	c.EarlyRefreshes += m.EarlyRefreshes
 	c.CacheErrors += m.CacheErrors
 	c.CacheWriteErrors += m.CacheWriteErrors

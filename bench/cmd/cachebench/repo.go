@@ -140,6 +140,17 @@ func (r *versionedRepo) UpdateUser(ctx context.Context, u *cacheaside.User) erro
 	return nil
 }
 
+// UpdateUserReturning is UpdateUser that returns the row as stored, with
+// the version the update committed in its name (cacheaside's
+// UserUpdateReturner).
+func (r *versionedRepo) UpdateUserReturning(ctx context.Context, u *cacheaside.User) (*cacheaside.User, error) {
+	if err := r.UpdateUser(ctx, u); err != nil {
+		return nil, err
+	}
+	stored := *u
+	return &stored, nil
+}
+
 // DeleteUser removes the user with the given ID.
 func (r *versionedRepo) DeleteUser(ctx context.Context, id int) error {
 	res, err := r.db.ExecContext(ctx, r.q.del, id)

@@ -186,8 +186,8 @@ func libMetrics(insts []instance) string {
 	if m == nil {
 		return ""
 	}
-	s := fmt.Sprintf("cache misses %d, database loads %d, shared loads %d, lease waits %d, lease wait timeouts %d, rejoins %d, stale fills refused %d, early refreshes %d",
-		m.CacheMisses, m.DatabaseLoads, m.SharedLoads, m.LeaseWaits, m.LeaseWaitTimeouts, m.Rejoins, m.StaleFillsSkipped, m.EarlyRefreshes)
+	s := fmt.Sprintf("cache misses %d, database loads %d, shared loads %d, lease waits %d, lease wait timeouts %d, rejoins %d, stale fills refused %d, early refreshes %d, updates that left their row %d",
+		m.CacheMisses, m.DatabaseLoads, m.SharedLoads, m.LeaseWaits, m.LeaseWaitTimeouts, m.Rejoins, m.StaleFillsSkipped, m.EarlyRefreshes, m.WriteFills)
 	if m.Membership != nil || m.LocalHits+m.BusInvalidations+m.WritesWaited+m.WritesRefused > 0 {
 		s += fmt.Sprintf("; local tier: local hits %d, local misses %d, bus invalidations %d, bus acks %d, writes that waited %d (%s in all), writes refused %d, membership at the end: %s",
 			m.LocalHits, m.LocalMisses, m.BusInvalidations, m.BusAcks, m.WritesWaited,

@@ -805,6 +805,18 @@ func (r *countingRepo) UpdateUser(ctx context.Context, u *cacheaside.User) error
 	return r.inner.UpdateUser(ctx, u)
 }
 
+// UpdateUserReturning is UpdateUser returning the row as stored, when the
+// inner repository can (cacheaside's UserUpdateReturner).
+func (r *countingRepo) UpdateUserReturning(ctx context.Context, u *cacheaside.User) (*cacheaside.User, error) {
+	ret, ok := r.inner.(cacheaside.UserUpdateReturner)
+	if !ok {
+		return nil, r.UpdateUser(ctx, u)
+	}
+	r.count(false)
+	r.lat.sleep()
+	return ret.UpdateUserReturning(ctx, u)
+}
+
 func (r *countingRepo) DeleteUser(ctx context.Context, id int) error {
 	r.count(false)
 	r.lat.sleep()
