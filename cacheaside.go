@@ -235,7 +235,7 @@ func (s *UserService) write(ctx context.Context, op string, id func() int, do fu
 	w := writeOp{id: randomID()}
 	if before := id(); before > 0 { // a create with no ID yet has no entry to protect
 		key = userCacheKey(before)
-		if w, err = s.users.beginWrite(ctx, key); err != nil {
+		if w, err = s.users.beginWriteAs(ctx, key, len(stored) > 0 && updateReturning(s.db) != nil); err != nil {
 			return wrapErr(op, err)
 		}
 	}

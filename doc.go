@@ -90,9 +90,12 @@
 // and the marker and the related keys ("users:all", "user_posts:<id>",
 // "user_stats:<id>"; see [WithRelatedKeys]) are deleted: one round trip to
 // the cache before the write and one after. A reader that finds the marker
-// neither waits nor fills: it reads the repository, whose value (old or
-// new) is a right answer for a read that overlaps the write, and leaves the
-// key to the writer; no lease can be placed over the marker, so the old row
+// does not fill: it reads the repository, whose value (old or new) is a
+// right answer for a read that overlaps the write, and leaves the key to
+// the writer; but if the marker says that its one write will leave its row
+// (see below), the reader first waits for that row, polling as for a
+// lease, for up to its process's mean load time, since the write usually
+// ends sooner than a load would; no lease can be placed over the marker, so the old row
 // cannot be loaded back while the write runs. Markers stack: a write that
 // begins while another is in progress adds its token to the marker, and
 // the key is deleted only when the last of them ends, so a write that ends

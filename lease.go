@@ -95,7 +95,7 @@ type leaseTry[V any] struct {
 	out   leaseOutcome
 	v     *V              // leaseValue: the value, nil for "not found"
 	exp   time.Time       // leaseValue: when v stops being fresh
-	held  []byte          // leaseForeign: the other lease
+	held  []byte          // leaseForeign: the other lease; leaseWriting: the marker
 	stale stale[V]        // leaseTaken: the stale entry the lease replaced
 	bad   json.RawMessage // leaseTaken: the corrupt entry the lease replaced
 	err   error           // leaseFailed
@@ -124,7 +124,7 @@ func (a *Aside[K, V]) takeLeaseAs(ctx context.Context, id K, key string, lease [
 	case held == nil:
 		return leaseTry[V]{out: leaseTaken}
 	case isWriting(held):
-		return leaseTry[V]{out: leaseWriting}
+		return leaseTry[V]{out: leaseWriting, held: held}
 	case isLease(held):
 		return leaseTry[V]{out: leaseForeign, held: held}
 	}
@@ -165,8 +165,9 @@ func (a *Aside[K, V]) leaseLoad(ctx context.Context, id K, f fill, r *result[V])
 	deadline := time.Now().Add(a.o.leaseWait)
 	backoff := leaseBackoffMin
 	waited := false
-	var seen []byte         // the foreign lease the backoff has grown on
-	var first time.Duration // how long seen's holder should still take, if known
+	var seen []byte          // the foreign lease (or marker) the backoff has grown on
+	var first time.Duration  // how long seen's holder should still take, if known
+	var writeUntil time.Time // when waiting for a write's value gives way to a read of the source
 	for {
 		lease := newLease()
 		at := time.Now()
@@ -180,6 +181,14 @@ func (a *Aside[K, V]) leaseLoad(ctx context.Context, id K, f fill, r *result[V])
 			a.loadInto(ctx, id, f, r)
 			return
 		case t.out == leaseWriting:
+			if willFill(t.held) {
+				if writeUntil.IsZero() {
+					writeUntil = time.Now().Add(a.writeWait())
+				}
+				if time.Now().Before(writeUntil) {
+					break // wait for the value the write will leave, as for a lease's
+				}
+			}
 			// The write's intent replaced the old value: read the source,
 			// which holds the old value or the new one, both right for a
 			// read that overlaps the write, and leave the cache to the
@@ -218,6 +227,13 @@ func (a *Aside[K, V]) leaseLoad(ctx context.Context, id K, f fill, r *result[V])
 			a.m.leaseWaits.Add(1)
 		}
 		left := time.Until(deadline)
+		if isWriting(seen) {
+			left = min(left, time.Until(writeUntil))
+			if left <= 0 { // the write takes longer than a load: read the source
+				a.loadInto(ctx, id, f, r)
+				return
+			}
+		}
 		if left <= 0 {
 			// The holder is slow: take the key over. Reading the source
 			// beside its lease would not do: the holder's fill of an older
@@ -271,6 +287,20 @@ func (a *Aside[K, V]) holdAndLoad(ctx context.Context, id K, f fill, lease []byt
 	*r = before
 	r.loaded = true
 	return false
+}
+
+// writeWait is how long a reader that finds the marker of a write that
+// will leave its value (willFill) waits for that value before it reads the
+// source itself: this process's mean load time, at least a millisecond, at
+// most WithLeaseWait. Waiting costs no query, and the write usually ends
+// sooner than a load would; one that does not (a write waiting for a
+// member cut off from the cache, say) costs the reader one load's time.
+func (a *Aside[K, V]) writeWait() time.Duration {
+	d := time.Millisecond
+	if n := a.m.loads.Load(); n > 0 {
+		d = max(d, time.Duration(a.m.loadNanos.Load()/n))
+	}
+	return min(d, a.o.leaseWait)
 }
 
 // expectedLoadLeft estimates how long the holder of lease has left to

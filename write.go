@@ -103,12 +103,30 @@ type writePlacer interface {
 	placeWriteMarker(ctx context.Context, key string, marker []byte, ttl time.Duration) (alone bool, err error)
 }
 
-func newWriteMarker() []byte {
-	b := make([]byte, 0, len(writingPrefix)+33)
+// newWriteMarker returns a write's own marker: a random token, which ends
+// with "+" for a write that means to leave its value in place of the
+// marker (see willFill).
+func newWriteMarker(fills bool) []byte {
+	b := make([]byte, 0, len(writingPrefix)+34)
 	b = append(b, writingPrefix...)
 	b = strconv.AppendUint(b, rand.Uint64()|1<<63, 16)
 	b = strconv.AppendUint(b, rand.Uint64()|1<<63, 16)
+	if fills {
+		b = append(b, '+')
+	}
 	return append(b, '"')
+}
+
+// willFill reports whether held is the marker of one write, never shared,
+// that means to leave its value in place of the marker when it ends: a
+// reader may then wait for that value rather than read the source (see
+// leaseLoad).
+func willFill(held []byte) bool {
+	if !isWriting(held) {
+		return false
+	}
+	toks, shared := markerTokens(held)
+	return !shared && len(toks) == 1 && strings.HasSuffix(toks[0], "+")
 }
 
 // writeOp is one write in progress: its ID on the bus, and the intent it
@@ -157,6 +175,13 @@ type writeAnnouncer interface {
 // not tell them (the cache failed) must not change the source, or a member
 // would go on serving the value it replaced.
 func (a *Aside[K, V]) beginWrite(ctx context.Context, key string) (writeOp, error) {
+	return a.beginWriteAs(ctx, key, false)
+}
+
+// beginWriteAs is beginWrite for a write that means to leave its value in
+// place of its marker if it can (see leaveValue), when fills is set: its
+// marker says so, and readers that find it wait for the value (willFill).
+func (a *Aside[K, V]) beginWriteAs(ctx context.Context, key string, fills bool) (writeOp, error) {
 	w := writeOp{id: randomID()}
 	if a.tier != nil {
 		a.tier.invalidate(key, msgPrepare, w.id)
@@ -169,7 +194,7 @@ func (a *Aside[K, V]) beginWrite(ctx context.Context, key string) (writeOp, erro
 		}
 		return w, nil
 	}
-	marker := newWriteMarker()
+	marker := newWriteMarker(fills)
 	msg := busMsg{kind: msgPrepare, id: w.id, key: key}.encode()
 	// A write that cannot announce itself may fail (below), so it is given
 	// up to a lease, not a read's time box, per attempt, and attempts go
@@ -272,7 +297,7 @@ func (a *Aside[K, V]) placeIntent(ctx context.Context, key string) ([]byte, erro
 	if a.g.leaser == nil {
 		return nil, nil
 	}
-	marker := newWriteMarker()
+	marker := newWriteMarker(false)
 	ctx = context.WithoutCancel(ctx)
 	// A connection reset costs one attempt, not the intent: attempts go on
 	// for the cache timeout, and one that times out uses it up, so a dead

@@ -3,6 +3,7 @@ package cacheaside
 import (
 	"context"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -240,5 +241,68 @@ func TestWrite_UpdateLeavesTheStoredRow(t *testing.T) {
 		_, ok = b.raw(userCacheKey(p.ID))
 		require.False(t, ok, "deleted")
 		require.Zero(t, svc.GetMetrics().WriteFills)
+	})
+}
+
+// gatedReturner returns the rows it stores, and holds every update in the
+// middle, before it changes the row, until the test lets it go.
+type gatedReturner struct {
+	*MemoryRepository
+	entered, release chan struct{}
+}
+
+func (r gatedReturner) UpdateUserReturning(ctx context.Context, u *User) (*User, error) {
+	close(r.entered)
+	<-r.release
+	return r.MemoryRepository.updateReturning(ctx, u)
+}
+
+// slowReads reads through to a MemoryRepository after a pause, and counts
+// its reads.
+type slowReads struct {
+	*MemoryRepository
+	pause time.Duration
+	gets  *atomic.Int64
+}
+
+func (r slowReads) GetUser(ctx context.Context, id int) (*User, error) {
+	r.gets.Add(1)
+	time.Sleep(r.pause)
+	return r.MemoryRepository.GetUser(ctx, id)
+}
+
+// TestWrite_ReaderWaitsForTheWritesValue: a reader that finds the marker of
+// an update that will leave its row waits for that row, for up to its mean
+// load time, rather than reading the repository: it returns the new row
+// and the repository is not read.
+func TestWrite_ReaderWaitsForTheWritesValue(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		data := NewMemoryRepository()
+		u := &User{Name: "v0", Email: "u@example.com"}
+		require.NoError(t, data.CreateUser(ctx, u))
+		var gets atomic.Int64
+		reader := NewUserService(slowReads{data, 200 * time.Millisecond, &gets}, b.fork(t))
+		gate := gatedReturner{data, make(chan struct{}), make(chan struct{})}
+		writer := NewUserService(gate, b.fork(t))
+		t.Cleanup(func() { reader.Close(); writer.Close() })
+		_, err := reader.GetUser(ctx, u.ID) // a load of 200 ms: the reader's mean
+		require.NoError(t, err)
+		require.Equal(t, int64(1), gets.Load())
+
+		wrote := make(chan error, 1)
+		go func() { wrote <- writer.UpdateUser(ctx, &User{ID: u.ID, Name: "v1", Email: "u@example.com"}) }()
+		<-gate.entered
+		raw, _ := b.raw(userCacheKey(u.ID))
+		require.True(t, willFill([]byte(raw)), "the marker says the write will leave its row: %q", raw)
+		got := getAsync(t, reader, u.ID)
+		require.Eventually(t, func() bool { return reader.GetMetrics().LeaseWaits == 1 }, 5*time.Second, time.Millisecond)
+		close(gate.release)
+		require.NoError(t, <-wrote)
+		v := <-got
+		require.NotNil(t, v)
+		require.Equal(t, "v1", v.Name)
+		require.Equal(t, int64(1), gets.Load(), "the reader waited for the write's row, and read nothing")
+		require.Equal(t, int64(1), writer.GetMetrics().WriteFills)
 	})
 }
