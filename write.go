@@ -183,12 +183,15 @@ func (a *Aside[K, V]) beginWrite(ctx context.Context, key string) (writeOp, erro
 // marker says so, and readers that find it wait for the value (willFill).
 func (a *Aside[K, V]) beginWriteAs(ctx context.Context, key string, fills bool) (writeOp, error) {
 	w := writeOp{id: randomID()}
+	if _, ok := a.g.c.(writeAnnouncer); !ok || a.bus == nil {
+		fills = false // its end could not leave the value (see endWrite)
+	}
 	if a.tier != nil {
 		a.tier.invalidate(key, msgPrepare, w.id)
 	}
 	wa, ok := a.g.c.(writeAnnouncer)
 	if !ok || a.g.leaser == nil || a.bus == nil || !a.bus.strict {
-		w.marker, _ = a.placeIntent(ctx, key)
+		w.marker, w.alone, _ = a.placeIntent(ctx, key, fills)
 		if a.bus != nil && a.bus.strict {
 			w.prepared = a.bus.announce(ctx, msgPrepare, w.id, key) && w.marker != nil
 		}
@@ -234,7 +237,7 @@ func (a *Aside[K, V]) beginWriteAs(ctx context.Context, key string, fills bool) 
 		w.marker = marker
 	} else {
 		var err error
-		w.marker, err = a.placeIntent(ctx, key) // one more try: a reset is not an outage
+		w.marker, _, err = a.placeIntent(ctx, key, false) // one more try: a reset is not an outage
 		w.down = w.marker == nil && !mustTell && errors.Is(err, ErrCacheUnavailable)
 	}
 	// A writer with a tier of its own is in a fleet of members, whether or
@@ -293,27 +296,30 @@ func (r *announced) get(callErr error) ([]busMember, error) {
 
 // placeIntent places a write-intent marker on key and returns it, or nil
 // and why if it could not (the cache has no compare-and-swap, or failed).
-func (a *Aside[K, V]) placeIntent(ctx context.Context, key string) ([]byte, error) {
+// alone is true if the marker went on at the first attempt over no other
+// write's marker (see writeOp.alone); fills is newWriteMarker's.
+func (a *Aside[K, V]) placeIntent(ctx context.Context, key string, fills bool) (marker []byte, alone bool, err error) {
 	if a.g.leaser == nil {
-		return nil, nil
+		return nil, false, nil
 	}
-	marker := newWriteMarker(false)
+	marker = newWriteMarker(fills)
 	ctx = context.WithoutCancel(ctx)
 	// A connection reset costs one attempt, not the intent: attempts go on
 	// for the cache timeout, and one that times out uses it up, so a dead
 	// cache costs the write one time box here.
 	deadline := time.Now().Add(a.o.cacheTimeout)
-	var err error
 	for attempt := 0; attempt == 0 || time.Now().Before(deadline); attempt++ {
+		var first atomic.Bool
 		err = a.g.doPast(ctx, a.g.shard(key), a.o.cacheTimeout, func(ctx context.Context) error {
 			if wp, ok := a.g.c.(writePlacer); ok {
-				_, err := wp.placeWriteMarker(ctx, key, marker, a.o.loadTimeout)
+				al, err := wp.placeWriteMarker(ctx, key, marker, a.o.loadTimeout)
+				first.Store(al && attempt == 0)
 				return err
 			}
 			return a.g.c.SetJSON(ctx, key, marker, a.o.loadTimeout)
 		})
 		if err == nil {
-			return marker, nil
+			return marker, first.Load(), nil
 		}
 		if !time.Now().Before(deadline) {
 			break
@@ -321,7 +327,7 @@ func (a *Aside[K, V]) placeIntent(ctx context.Context, key string) ([]byte, erro
 		time.Sleep(min(time.Duration(attempt+1)*5*time.Millisecond, time.Until(deadline)))
 	}
 	a.log.WarnContext(ctx, "cacheaside: write intent not placed; the write goes on, and its delete is retried until it lands", "key", key, "err", err)
-	return nil, err
+	return nil, false, err
 }
 
 // endWrite ends a write to key: it deletes key (unless another writer's
