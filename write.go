@@ -302,7 +302,7 @@ func (a *Aside[K, V]) placeIntent(ctx context.Context, key string, fills bool) (
 	if a.g.leaser == nil {
 		return nil, false, nil
 	}
-	marker = newWriteMarker(fills)
+	mine := newWriteMarker(fills) // the calls, which may outlive this one, read it; never the result
 	ctx = context.WithoutCancel(ctx)
 	// A connection reset costs one attempt, not the intent: attempts go on
 	// for the cache timeout, and one that times out uses it up, so a dead
@@ -310,16 +310,17 @@ func (a *Aside[K, V]) placeIntent(ctx context.Context, key string, fills bool) (
 	deadline := time.Now().Add(a.o.cacheTimeout)
 	for attempt := 0; attempt == 0 || time.Now().Before(deadline); attempt++ {
 		var first atomic.Bool
+		firstTry := attempt == 0
 		err = a.g.doPast(ctx, a.g.shard(key), a.o.cacheTimeout, func(ctx context.Context) error {
 			if wp, ok := a.g.c.(writePlacer); ok {
-				al, err := wp.placeWriteMarker(ctx, key, marker, a.o.loadTimeout)
-				first.Store(al && attempt == 0)
+				al, err := wp.placeWriteMarker(ctx, key, mine, a.o.loadTimeout)
+				first.Store(al && firstTry)
 				return err
 			}
-			return a.g.c.SetJSON(ctx, key, marker, a.o.loadTimeout)
+			return a.g.c.SetJSON(ctx, key, mine, a.o.loadTimeout)
 		})
 		if err == nil {
-			return marker, first.Load(), nil
+			return mine, first.Load(), nil
 		}
 		if !time.Now().Before(deadline) {
 			break
