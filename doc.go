@@ -194,11 +194,12 @@
 //     writer waits for each counted member's acknowledgement, or for its
 //     lease to run out on the cache's clock;
 //  2. the write to the source;
-//  3. done: the marker is deleted and "done k" is published, in one round
-//     trip; every member drops k again and may fill it again. Nobody waits
-//     for this: from its prepare to its done a member holds nothing for k
-//     and fills nothing, so a done that arrives late only delays its next
-//     fill of k. (A write whose prepare was not acknowledged by every
+//  3. done: the write's token leaves the marker (which is deleted, or
+//     replaced by the row the write stored, once no other write's token
+//     is left in it) and "done k" is published, in one round trip; every
+//     member drops k again and may fill it again. Nobody waits for this:
+//     from its prepare to its done a member holds nothing for k and fills
+//     nothing, so a done that arrives late only delays its next fill of k. (A write whose prepare was not acknowledged by every
 //     member, and an Invalidate, which has no prepare, do wait for the
 //     done's acknowledgements, as in step 1.)
 //
@@ -215,7 +216,8 @@
 // (leases, markers), or from the source. A fill that a member makes after
 // the done arrived comes from a read that began after it (an older read's
 // fill is refused: the done moved k's generation), so its read found the
-// marker deleted, that is the source changed; and a member that has not
+// marker gone (or the write's own row in its place), that is the source
+// changed; and a member that has not
 // heard the done yet holds nothing for k.
 //
 // Writers without a tier, and members that join. Every writer places the
