@@ -339,35 +339,22 @@ func (g *guard) set(ctx context.Context, key string, raw json.RawMessage, ttl ti
 	return g.do(ctx, g.shard(key), func(ctx context.Context) error { return g.c.SetJSON(ctx, key, raw, ttl) })
 }
 
-// setNX places val under an empty key; see Leaser.
-func (g *guard) setNX(ctx context.Context, key string, val []byte, ttl time.Duration) ([]byte, error) {
-	var held []byte
-	err := g.do(ctx, g.shard(key), func(ctx context.Context) error {
-		h, err := g.leaser.SetNX(ctx, key, val, ttl)
-		held = h
-		return err
-	})
-	if err != nil { // the call may still be running: do not read held
-		return nil, err
-	}
-	return held, nil
-}
-
 // heldSetter is what a Leaser may offer for a key that held a marker
 // when it was last read: SetNX in fewer round trips for that case.
 type heldSetter interface {
 	setNXHeld(ctx context.Context, key string, val []byte, ttl time.Duration) ([]byte, error)
 }
 
-// setNXHeld is setNX for a key that held a marker when last read.
-func (g *guard) setNXHeld(ctx context.Context, key string, val []byte, ttl time.Duration) ([]byte, error) {
-	hs, ok := g.leaser.(heldSetter)
-	if !ok {
-		return g.setNX(ctx, key, val, ttl)
+// setNX places val under an empty key; see Leaser. wasHeld says that the
+// key held a marker when last read (see heldSetter).
+func (g *guard) setNX(ctx context.Context, key string, val []byte, ttl time.Duration, wasHeld bool) ([]byte, error) {
+	place := g.leaser.SetNX
+	if hs, ok := g.leaser.(heldSetter); ok && wasHeld {
+		place = hs.setNXHeld
 	}
 	var held []byte
 	err := g.do(ctx, g.shard(key), func(ctx context.Context) error {
-		h, err := hs.setNXHeld(ctx, key, val, ttl)
+		h, err := place(ctx, key, val, ttl)
 		held = h
 		return err
 	})

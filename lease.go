@@ -111,13 +111,7 @@ func (a *Aside[K, V]) takeLease(ctx context.Context, id K, key string, lease []b
 // (a waiter polling), which some caches answer in fewer round trips.
 func (a *Aside[K, V]) takeLeaseAs(ctx context.Context, id K, key string, lease []byte, wasHeld bool) leaseTry[V] {
 	at := time.Now()
-	var held []byte
-	var err error
-	if wasHeld {
-		held, err = a.g.setNXHeld(ctx, key, lease, a.o.leaseTTL)
-	} else {
-		held, err = a.g.setNX(ctx, key, lease, a.o.leaseTTL)
-	}
+	held, err := a.g.setNX(ctx, key, lease, a.o.leaseTTL, wasHeld)
 	switch {
 	case err != nil:
 		return leaseTry[V]{out: leaseFailed, err: err}

@@ -156,6 +156,7 @@ func (m *MemoryCache) clearOrFill(ctx context.Context, key string, marker []byte
 	if err := ctx.Err(); err != nil {
 		return false, err
 	}
+	mine := markerToken(marker)
 	for {
 		held, ok := m.c.Get(key)
 		if !ok {
@@ -165,7 +166,7 @@ func (m *MemoryCache) clearOrFill(ctx context.Context, key string, marker []byte
 		nextTTL := ttl
 		if bytes.HasPrefix(held, []byte(prefix)) {
 			toks, shared := markerTokens(held)
-			rest := slices.DeleteFunc(slices.Clone(toks), func(t string) bool { return t == markerToken(marker) })
+			rest := slices.DeleteFunc(slices.Clone(toks), func(t string) bool { return t == mine })
 			switch {
 			case len(rest) == len(toks): // another write's marker: it ends it
 				m.c.Delete(related...)

@@ -137,24 +137,26 @@ func (r *RedisCache) GetMulti(ctx context.Context, keys []string) ([]json.RawMes
 // otherwise it returns what the key holds. It is one script run (SET NX GET
 // PX, which Redis before 7.0 refuses as a single command).
 func (r *RedisCache) SetNX(ctx context.Context, key string, val []byte, ttl time.Duration) ([]byte, error) {
-	if err := r.ready(); err != nil {
-		return nil, err
-	}
-	held, _, err := r.c.SetNX(ctx, key, val, ttl, markerPrefix)
-	if err != nil {
-		return nil, wrapErr("redis lease "+key, err)
-	}
-	return held, nil
+	return r.setNX(ctx, key, val, ttl, false)
 }
 
 // setNXHeld is SetNX for a key that held a marker when last read: one
 // round trip where SetNX, which tries the native SET NX GET first, would
 // take two (see heldSetter).
 func (r *RedisCache) setNXHeld(ctx context.Context, key string, val []byte, ttl time.Duration) ([]byte, error) {
+	return r.setNX(ctx, key, val, ttl, true)
+}
+
+// setNX is SetNX, by the script alone when script is set.
+func (r *RedisCache) setNX(ctx context.Context, key string, val []byte, ttl time.Duration, script bool) ([]byte, error) {
 	if err := r.ready(); err != nil {
 		return nil, err
 	}
-	held, _, err := r.c.SetNXScript(ctx, key, val, ttl, markerPrefix)
+	place := r.c.SetNX
+	if script {
+		place = r.c.SetNXScript
+	}
+	held, _, err := place(ctx, key, val, ttl, markerPrefix)
 	if err != nil {
 		return nil, wrapErr("redis lease "+key, err)
 	}

@@ -174,8 +174,7 @@ func TestWrite_OverlappingWritesKeepTheMarker(t *testing.T) {
 		for _, firstEnds := range []bool{true, false} {
 			ctx := context.Background()
 			repo := NewMemoryRepository()
-			u := &User{Name: "v0", Email: "u@example.com"}
-			require.NoError(t, repo.CreateUser(ctx, u))
+			u := seedUser(t, repo, "v0")
 			svc := NewUserService(repo, b.fork(t))
 			t.Cleanup(func() { svc.Close() })
 			key := userCacheKey(u.ID)
@@ -211,8 +210,7 @@ func TestWrite_UpdateLeavesTheStoredRow(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
 		ctx := context.Background()
 		repo := NewMemoryRepository()
-		u := &User{Name: "v0", Email: "u@example.com"}
-		require.NoError(t, repo.CreateUser(ctx, u))
+		u := seedUser(t, repo, "v0")
 		writer := NewUserService(repo, b.fork(t))
 		reader := NewUserService(repo, b.fork(t))
 		t.Cleanup(func() { writer.Close(); reader.Close() })
@@ -279,8 +277,7 @@ func TestWrite_ReaderWaitsForTheWritesValue(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
 		ctx := context.Background()
 		data := NewMemoryRepository()
-		u := &User{Name: "v0", Email: "u@example.com"}
-		require.NoError(t, data.CreateUser(ctx, u))
+		u := seedUser(t, data, "v0")
 		var gets atomic.Int64
 		reader := NewUserService(slowReads{data, 200 * time.Millisecond, &gets}, b.fork(t))
 		gate := gatedReturner{data, make(chan struct{}), make(chan struct{})}

@@ -56,7 +56,7 @@ func (c *Cache) SetNX(ctx context.Context, key string, b []byte, ttl time.Durati
 			return held, set, err
 		}
 	}
-	return c.setNXScript(ctx, key, b, ttl, leasePrefix)
+	return c.SetNXScript(ctx, key, b, ttl, leasePrefix)
 }
 
 // errUseScript says that the native SET NX GET cannot answer: the server
@@ -95,10 +95,6 @@ func isSyntaxError(err error) bool {
 // that likely holds a marker (a waiter polling another caller's lease),
 // where the native command would need the script after it.
 func (c *Cache) SetNXScript(ctx context.Context, key string, b []byte, ttl time.Duration, leasePrefix string) ([]byte, bool, error) {
-	return c.setNXScript(ctx, key, b, ttl, leasePrefix)
-}
-
-func (c *Cache) setNXScript(ctx context.Context, key string, b []byte, ttl time.Duration, leasePrefix string) ([]byte, bool, error) {
 	v, err := setNX.Run(ctx, c.c, []string{c.prefix + key}, b, ms(ttl), leasePrefix).Text()
 	if errors.Is(err, redis.Nil) {
 		return nil, true, nil
