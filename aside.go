@@ -119,6 +119,7 @@ func newAside[K comparable, V any](cache CacheClient, key func(K) string, load L
 		}
 		a.tier = newTier[V](o.local, o.loadTimeout, "")
 		a.tier.bus, a.bus.h = a.bus, a.tier
+		a.tier.decode = a.tierValue
 	}
 	return a
 }
@@ -252,6 +253,12 @@ func (a *Aside[K, V]) toTier(key string, v *V, exp time.Time, tk tierTicket) {
 	if a.tier == nil || v == nil {
 		return
 	}
+	a.tier.fill(key, *a.copyOut(v), a.tierExpiry(exp), tk)
+}
+
+// tierExpiry is when a value read as fresh until exp (zero: no expiry
+// known) leaves the local tier.
+func (a *Aside[K, V]) tierExpiry(exp time.Time) time.Time {
 	if exp.IsZero() {
 		exp = a.now().Add(a.o.ttl)
 	}
@@ -262,7 +269,20 @@ func (a *Aside[K, V]) toTier(key string, v *V, exp time.Time, tk tierTicket) {
 			exp = exp.Add(-time.Duration(mean * a.o.earlyBeta * -math.Log(1-rand.Float64())))
 		}
 	}
-	a.tier.fill(key, *a.copyOut(v), exp, tk)
+	return exp
+}
+
+// tierValue reads raw, an entry of key that a write left in the shared
+// cache, for the local tier (see tier.fromBus): a fresh value and when it
+// leaves the tier. Anything else (an entry past its expiry, one that does
+// not decode as a value of key) is not taken.
+func (a *Aside[K, V]) tierValue(key string, raw []byte) (V, time.Time, bool) {
+	var zero V
+	v, exp, _, err := a.parseEntry(key, raw)
+	if err != nil || v == nil || (!exp.IsZero() && !a.now().Before(exp)) {
+		return zero, time.Time{}, false
+	}
+	return *v, a.tierExpiry(exp), true
 }
 
 // Invalidate removes the cached value of id and the given related keys. Call
@@ -297,10 +317,10 @@ func (a *Aside[K, V]) invalidateAs(ctx context.Context, w writeOp, key string, r
 	}
 	keys := append([]string{key}, a.deletable(ctx, related)...)
 	if w.down {
-		return a.afterDelete(ctx, key, seqs, keys, ErrCacheUnavailable)
+		return a.afterDelete(ctx, key, nil, seqs, keys, ErrCacheUnavailable)
 	}
 	failed, err := a.g.del(context.WithoutCancel(ctx), keys)
-	err = a.afterDelete(ctx, key, seqs, failed, err)
+	err = a.afterDelete(ctx, key, nil, seqs, failed, err)
 	a.tellDone(ctx, w, key)
 	return err
 }
@@ -320,8 +340,10 @@ func (a *Aside[K, V]) deletable(ctx context.Context, related []string) []string 
 }
 
 // afterDelete queues the keys whose delete failed for a retry, and tells
-// a.landed about seqs once key's delete has landed.
-func (a *Aside[K, V]) afterDelete(ctx context.Context, key string, seqs []int64, failed []string, err error) error {
+// a.landed about seqs once key's delete has landed. marker, if not nil, is
+// that of the write whose end this was: a retry of key ends that write
+// (see pendingKey).
+func (a *Aside[K, V]) afterDelete(ctx context.Context, key string, marker []byte, seqs []int64, failed []string, err error) error {
 	if len(failed) == 0 {
 		a.landedNow(seqs)
 		return nil
@@ -330,9 +352,9 @@ func (a *Aside[K, V]) afterDelete(ctx context.Context, key string, seqs []int64,
 	a.log.ErrorContext(ctx, "cacheaside: cache invalidation failed; retrying until it lands", "keys", failed, "err", err)
 	if failed[0] != key {
 		a.landedNow(seqs)
-		seqs = nil
+		seqs, marker = nil, nil
 	}
-	a.queue(failed, seqs)
+	a.queue(failed, seqs, marker)
 	return wrapErr("invalidate "+key, err)
 }
 

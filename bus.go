@@ -91,11 +91,15 @@ const (
 
 // busMsg is one bus message: kind, an ID (the write's or the member's) and
 // a key (for a heartbeat, its number). Keys never hold a newline: IDs are
-// escaped (see keys.go).
+// escaped (see keys.go). The end of a write that left its value in the
+// cache may carry that value after one more newline (see fromBus): the
+// cache adds it in the same step as it sets the key, so it is what a read
+// of the key would have returned when the message was published.
 type busMsg struct {
 	kind byte
 	id   string
 	key  string
+	val  []byte
 }
 
 func (m busMsg) encode() []byte {
@@ -110,17 +114,20 @@ func decodeBusMsg(b []byte) (busMsg, bool) {
 	if len(b) < 2 || b[1] != '\n' {
 		return busMsg{}, false
 	}
-	id, key, ok := bytes.Cut(b[2:], []byte{'\n'})
+	id, rest, ok := bytes.Cut(b[2:], []byte{'\n'})
 	if !ok {
 		return busMsg{}, false
 	}
-	return busMsg{kind: b[0], id: string(id), key: string(key)}, true
+	key, val, _ := bytes.Cut(rest, []byte{'\n'})
+	return busMsg{kind: b[0], id: string(id), key: string(key), val: val}, true
 }
 
-// busHandler is what the bus tells about: a key dropped by a message, and
-// a tier that can no longer be trusted.
+// busHandler is what the bus tells about: a key dropped by a message, the
+// value a write left in the cache, and a tier that can no longer be
+// trusted.
 type busHandler interface {
 	invalidate(key string, kind byte, write string)
+	fromBus(key string, raw []byte)
 	flush()
 }
 
@@ -422,6 +429,9 @@ func (b *bus) serve(ctx context.Context, done <-chan struct{}, sub busSub) error
 		case msgPrepare, msgDone, msgCleared:
 			b.m.busInvalidations.Add(1)
 			b.h.invalidate(msg.key, msg.kind, msg.id)
+			if msg.val != nil && msg.kind != msgPrepare {
+				b.h.fromBus(msg.key, msg.val)
+			}
 			if b.strict && msg.kind != msgCleared {
 				b.queueAck(ackID(msg.id, msg.kind))
 			}

@@ -199,9 +199,17 @@
 //     is left in it) and "done k" is published, in one round trip; every
 //     member drops k again and may fill it again. Nobody waits for this:
 //     from its prepare to its done a member holds nothing for k and fills
-//     nothing, so a done that arrives late only delays its next fill of k. (A write whose prepare was not acknowledged by every
-//     member, and an Invalidate, which has no prepare, do wait for the
-//     done's acknowledgements, as in step 1.)
+//     nothing, so a done that arrives late only delays its next fill of
+//     k. (A write whose prepare was not acknowledged by every member, and
+//     an Invalidate, which has no prepare, do wait for the done's
+//     acknowledgements, as in step 1.) When the write left its row in the
+//     shared cache, "done k" carries that row, and each member fills its
+//     tier with it as it handles the message, under the rules of any fill
+//     (below): no member then reads the shared cache for a row it was just
+//     told. On a single Redis server (and the memory cache) the row is set
+//     and the message published in one script, so the message says exactly
+//     what k held when it was published; a Redis Cluster keeps k and the
+//     bus on different nodes, so there the message carries no row.
 //
 // Why no member serves the old value after the new one was seen. The new
 // value can be seen only after step 2 starts. By then every member that
@@ -218,7 +226,15 @@
 // fill is refused: the done moved k's generation), so its read found the
 // marker gone (or the write's own row in its place), that is the source
 // changed; and a member that has not
-// heard the done yet holds nothing for k.
+// heard the done yet holds nothing for k. A row carried by "done k" is such
+// a read: what k held as the message was published, taken as the member
+// handles it, after every message published before it and before every
+// one published after it; a later write's prepare therefore drops it
+// before that write's acknowledgement, as for any fill. The writer takes
+// its own row only if nothing about k reached its tier since the script
+// that left it ran (the bus may deliver a later write's prepare and done
+// before the writer gets its reply; a row taken after them would be older
+// than an acknowledged write).
 //
 // Writers without a tier, and members that join. Every writer places the
 // marker, tier or not: a write that only deleted the old value after the

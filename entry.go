@@ -131,6 +131,15 @@ var (
 // parse decodes raw as key's entry and checks it: its size, its key, and
 // that its value is the entity id names. A zero expiry means none.
 func (a *Aside[K, V]) parse(id K, key string, raw json.RawMessage) (*V, time.Time, time.Duration, error) {
+	v, exp, delta, err := a.parseEntry(key, raw)
+	if err == nil && a.idOf != nil && a.idOf(v) != id {
+		return nil, time.Time{}, 0, errors.New("the value of another ID")
+	}
+	return v, exp, delta, err
+}
+
+// parseEntry is parse without the check of the value's ID.
+func (a *Aside[K, V]) parseEntry(key string, raw json.RawMessage) (*V, time.Time, time.Duration, error) {
 	if len(raw) > a.o.maxValueSize {
 		return nil, time.Time{}, 0, errors.New("larger than WithMaxValueSize")
 	}
@@ -162,9 +171,6 @@ func (a *Aside[K, V]) parse(id K, key string, raw json.RawMessage) (*V, time.Tim
 		if bytes.Equal(bytes.TrimSpace(raw), []byte("null")) {
 			return nil, time.Time{}, 0, errors.New("null")
 		}
-	}
-	if a.idOf != nil && a.idOf(e.Value) != id {
-		return nil, time.Time{}, 0, errors.New("the value of another ID")
 	}
 	return e.Value, exp, time.Duration(max(e.Delta, 0)) * time.Microsecond, nil
 }

@@ -75,6 +75,7 @@ type guard struct {
 	leaser  Leaser       // nil when c does not implement it
 	sharder Sharder      // nil when c does not implement it
 	clearer writeClearer // nil when c does not implement it
+	keeper  markerKeeper // nil when c does not implement it
 	inProc  bool         // c lives in this process and cannot hang on a network
 	inline  bool         // c's calls return by their context's deadline
 	timeout time.Duration
@@ -101,6 +102,7 @@ func newGuard(c CacheClient, o options, m *counters) *guard {
 		g.sharder = nil // one server: one shard
 	}
 	g.clearer, _ = c.(writeClearer)
+	g.keeper, _ = c.(markerKeeper)
 	_, g.inProc = c.(inProcess)
 	if b, ok := c.(ContextBounded); ok {
 		g.inline = b.BoundedByContext()
@@ -464,8 +466,13 @@ func (g *guard) getMulti(ctx context.Context, keys []string) (raws []json.RawMes
 }
 
 // del deletes keys, one call per shard, and returns those it could not.
+// With a cache that implements markerKeeper, a key that holds the marker of
+// a write in progress keeps it (see markerKeeper).
 func (g *guard) del(ctx context.Context, keys []string) (failed []string, err error) {
 	errs := g.eachShard(ctx, keys, func(ctx context.Context, _ []int, sub []string) error {
+		if g.keeper != nil {
+			return g.keeper.invalidate(ctx, sub)
+		}
 		return g.c.Delete(ctx, sub...)
 	})
 	for i, e := range errs {

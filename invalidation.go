@@ -3,6 +3,7 @@ package cacheaside
 import (
 	"context"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -44,11 +45,19 @@ type pending struct {
 }
 
 // pendingKey is one key waiting for its delete: the outbox records that
-// wait for it, and when it was last queued. A retry that was sent before
-// the key was queued again does not count for the later write.
+// wait for it, when it was last queued, and what is to be done. A retry
+// that was sent before the key was queued again does not count for the
+// later write.
+//
+// A write that failed to end takes its own marker out of the key, as its
+// end would have (see clearWrite), rather than delete it: the key may hold
+// other writes' tokens too. Any other delete leaves other writes' markers
+// in place (see markerKeeper).
 type pendingKey struct {
-	seqs []int64
-	n    uint64
+	seqs    []int64
+	n       uint64
+	markers [][]byte // writes whose end failed: their markers
+	plain   bool     // a delete besides (an invalidation, a related key)
 }
 
 // isPending reports whether key's delete is waiting for a retry.
@@ -64,7 +73,9 @@ func (a *Aside[K, V]) isPending(key string) bool {
 
 // queue adds keys whose delete failed, with the outbox records that wait
 // for the first of them, and starts the retries if they are not running.
-func (a *Aside[K, V]) queue(keys []string, seqs []int64) {
+// A non-nil marker is that of a write whose end failed: the first key is
+// its key, and its retry ends the write rather than delete the key.
+func (a *Aside[K, V]) queue(keys []string, seqs []int64, marker []byte) {
 	p := &a.inv
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -80,6 +91,11 @@ func (a *Aside[K, V]) queue(keys []string, seqs []int64) {
 		}
 		if i == 0 {
 			pk.seqs = append(pk.seqs, seqs...)
+		}
+		if i == 0 && marker != nil {
+			pk.markers = append(pk.markers, marker)
+		} else {
+			pk.plain = true
 		}
 		p.next++
 		pk.n = p.next
@@ -111,18 +127,36 @@ func (a *Aside[K, V]) retry(done <-chan struct{}) {
 		p.mu.Lock()
 		batch := make([]string, 0, min(len(p.keys), retryBatch))
 		queued := make(map[string]uint64, cap(batch))
+		ends := make(map[string][][]byte)
+		var dels []string
 		for k, pk := range p.keys {
 			if len(batch) == retryBatch {
 				break
 			}
 			batch = append(batch, k)
 			queued[k] = pk.n
+			if len(pk.markers) > 0 {
+				ends[k] = slices.Clone(pk.markers)
+			}
+			if pk.plain {
+				dels = append(dels, k)
+			}
 		}
 		p.mu.Unlock()
 
 		a.m.invalRetries.Add(1)
 		ctx, cancel := context.WithTimeout(context.Background(), a.o.cacheTimeout)
-		failed, _ := a.g.del(ctx, batch)
+		var failed []string
+		for k, ms := range ends {
+			for _, m := range ms {
+				if f, _ := a.g.clearWrite(ctx, k, m, nil); len(f) > 0 {
+					failed = append(failed, k)
+					break
+				}
+			}
+		}
+		f, _ := a.g.del(ctx, dels)
+		failed = append(failed, f...)
 		cancel()
 
 		p.mu.Lock()

@@ -81,9 +81,9 @@ func TestInvalidation_LaterWriteIsNotAcknowledgedByAnEarlierRetry(t *testing.T) 
 	defer a.Close()
 	landed := make(chan []int64, 4)
 	a.landed = func(seqs []int64) { landed <- seqs }
-	a.queue([]string{"p:1"}, []int64{1}) // an earlier write's failed delete
-	<-g.entered                          // its retry is in flight
-	a.queue([]string{"p:1"}, []int64{2}) // a later write's failed delete
+	a.queue([]string{"p:1"}, []int64{1}, nil) // an earlier write's failed delete
+	<-g.entered                               // its retry is in flight
+	a.queue([]string{"p:1"}, []int64{2}, nil) // a later write's failed delete
 	close(g.release)
 	require.Equal(t, 1, <-g.returned)
 	select {

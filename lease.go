@@ -333,6 +333,6 @@ func (a *Aside[K, V]) release(ctx context.Context, f fill) {
 		// every process, until it expires: delete the key instead, as soon
 		// as the cache answers again.
 		a.log.WarnContext(ctx, "cacheaside: lease release failed; the key will be deleted once the cache answers", "key", f.key, "err", err)
-		a.queue([]string{f.key}, nil)
+		a.queue([]string{f.key}, nil, nil)
 	}
 }

@@ -45,6 +45,10 @@ type tier[V any] struct {
 	// let the tier fill before the other's.
 	blocked map[string]map[string]time.Time
 	hold    time.Duration // how long a prepare blocks a key without its done
+
+	// decode reads a cache entry of key as a value and when it stops
+	// being fresh, for fromBus; nil leaves such values to the next read.
+	decode func(key string, raw []byte) (V, time.Time, bool)
 }
 
 // The tier holds a key under a number: the ID itself for an engine whose
@@ -135,12 +139,79 @@ func (t *tier[V]) begin(key string) tierTicket {
 func (t *tier[V]) fill(key string, v V, exp time.Time, tk tierTicket) {
 	tk.s.mu.RLock()
 	defer tk.s.mu.RUnlock()
+	t.fillLocked(key, v, exp, tk)
+}
+
+// fillLocked is fill, with tk's stripe locked.
+func (t *tier[V]) fillLocked(key string, v V, exp time.Time, tk tierTicket) {
 	now := mono()
 	k, ok := t.tierKey(key)
 	if !ok || tk.early || tk.s.gen.Load() != tk.gen || t.epoch.Load() != tk.epoch || !t.bus.valid(now) || t.isBlocked(key) {
 		return
 	}
 	t.c.Set(k, tierEntry[V]{key: key, v: v, exp: now + int64(time.Until(exp))})
+}
+
+// fromBus fills the tier with raw, the entry a write left in the shared
+// cache as the bus message that ended it was published, which the bus
+// delivers after every message published before it and before every one
+// published after it. So it is taken as a read of the key that began as
+// the message arrived: under the same rules as any fill (see fill), with a
+// ticket noted after the message's own invalidation. A write of the key
+// that is still between its prepare and its done, in particular, keeps it
+// out. Every member thus holds a written value without reading the shared
+// cache for it.
+func (t *tier[V]) fromBus(key string, raw []byte) {
+	if t.decode == nil {
+		return
+	}
+	v, exp, ok := t.decode(key, raw)
+	if !ok {
+		return
+	}
+	t.fill(key, v, exp, t.begin(key))
+}
+
+// endOwn ends this process's own write of key in its tier, as the bus
+// message of its end would (see invalidate), and, given raw, the entry the
+// write left in the shared cache, fills the tier with it if nothing about
+// key arrived since tk, noted before the cache step that left it. A value
+// taken later could be older than a write that began and ended in
+// between: the bus may deliver both of its messages before this process's
+// writer gets here.
+//
+// If the write no longer blocks the key, the bus delivered the message of
+// its end first, which did all this at the right moment (or the tier was
+// emptied, or the write outlived its hold, as its marker did): nothing is
+// left to do.
+func (t *tier[V]) endOwn(key, write string, raw []byte, tk tierTicket) {
+	var v V
+	var exp time.Time
+	ok := raw != nil && t.decode != nil
+	if ok {
+		v, exp, ok = t.decode(key, raw)
+	}
+	tk.s.mu.Lock()
+	defer tk.s.mu.Unlock()
+	t.mu.Lock()
+	ws := t.blocked[key]
+	_, own := ws[write]
+	delete(ws, write)
+	if len(ws) == 0 {
+		delete(t.blocked, key)
+	}
+	t.mu.Unlock()
+	if !own {
+		return
+	}
+	tk.s.gen.Add(1)
+	if k, kok := t.tierKey(key); kok {
+		t.c.Invalidate(k)
+	}
+	if ok {
+		tk.gen++ // its own end, above
+		t.fillLocked(key, v, exp, tk)
+	}
 }
 
 // isBlocked reports whether a write of key is between its prepare and its

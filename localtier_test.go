@@ -424,3 +424,118 @@ func TestLocalTier_HealthyWritesWaitOnlyForPrepares(t *testing.T) {
 		}
 	})
 }
+
+// TestLocalTier_WrittenValueReachesMembers: an update that leaves its row in
+// the shared cache hands it to every member with the message that ends it,
+// so the first read of it on each member is a local hit that reaches
+// neither Redis nor the repository. On a Redis Cluster the message carries
+// no value (the key and the bus live on different nodes, so nothing makes
+// the two one step), and the writer's own row is dropped when the message
+// comes back to it: every instance then reads the row from Redis.
+func TestLocalTier_WrittenValueReachesMembers(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		repo := NewMemoryRepository() // returns the row it stored
+		u := seedUser(t, repo, "v0")
+		insts := servingFleet(t, b, repo, 3)
+		loads := func() (n int64) {
+			for _, in := range insts {
+				n += in.svc.GetMetrics().DatabaseLoads
+			}
+			return n
+		}
+		for _, in := range insts {
+			_, err := in.svc.GetUser(ctx, u.ID)
+			require.NoError(t, err)
+		}
+		before := loads()
+		require.NoError(t, insts[0].svc.UpdateUser(ctx, &User{ID: u.ID, Name: "v1", Email: u.Email}))
+		require.Equal(t, int64(1), insts[0].svc.GetMetrics().WriteFills, "the update left its row in the cache")
+
+		// localRead reads u on in and reports whether it was a local hit of
+		// the new row.
+		localRead := func(in tierInstance) bool {
+			before := in.svc.GetMetrics().LocalHits
+			got, err := in.svc.GetUser(ctx, u.ID)
+			require.NoError(t, err)
+			return got.Name == "v1" && in.svc.GetMetrics().LocalHits == before+1
+		}
+		if b.name == "redis-cluster" {
+			return
+		}
+		require.True(t, localRead(insts[0]), "the writer keeps the row it left")
+		for i, in := range insts[1:] {
+			require.Eventually(t, func() bool {
+				return in.svc.GetMetrics().LocalSize == 1
+			}, 5*time.Second, time.Millisecond, "member %d got the row from the bus", i+1)
+			var sent int64
+			if in.sent != nil {
+				sent = in.sent.n.Load()
+			}
+			require.True(t, localRead(in), "member %d serves the new row from memory", i+1)
+			if in.sent != nil {
+				require.Less(t, in.sent.n.Load()-sent, int64(3), "member %d read nothing from Redis (a heartbeat may go out)", i+1)
+			}
+		}
+		require.Equal(t, before, loads(), "nobody read the repository")
+	})
+}
+
+// TestTier_ValuesFromWritesFollowTheRules: a value a write left is taken
+// by the tier under the rules of any fill: not while another write of the
+// key is between its prepare and its done, and, for the writer's own, not
+// after anything else about the key arrived since the write ended in the
+// cache (the bus may deliver a later write's prepare and done before the
+// writer takes its value: taking it then would serve a row older than an
+// acknowledged write).
+func TestTier_ValuesFromWritesFollowTheRules(t *testing.T) {
+	tr := newTier[User](10, time.Minute, "")
+	b := &bus{}
+	b.validUntil.Store(mono() + int64(time.Hour))
+	b.serving.Store(true)
+	tr.bus = b
+	tr.decode = func(key string, raw []byte) (User, time.Time, bool) {
+		return User{Name: string(raw)}, time.Now().Add(time.Minute), true
+	}
+	const key = "user:1"
+	held := func() string {
+		v, ok := tr.get(key)
+		if !ok {
+			return ""
+		}
+		return v.Name
+	}
+
+	tr.invalidate(key, msgPrepare, "w1") // the writer's own prepare
+	tk := tr.begin(key)
+	tr.endOwn(key, "w1", []byte("v1"), tk)
+	require.Equal(t, "v1", held(), "nothing arrived meanwhile: the writer keeps its value")
+
+	tr.invalidate(key, msgPrepare, "w2")
+	tk = tr.begin(key) // w2 ends in the cache here, then w3 runs whole
+	tr.invalidate(key, msgPrepare, "w3")
+	tr.invalidate(key, msgCleared, "w3")
+	tr.endOwn(key, "w2", []byte("v2"), tk)
+	require.Empty(t, held(), "w3 began and ended after w2's value was left: v2 is older than w3's")
+	require.False(t, tr.isBlocked(key), "w2's end unblocks the key")
+
+	tr.invalidate(key, msgPrepare, "w7")
+	tk = tr.begin(key)
+	tr.invalidate(key, msgCleared, "w7") // the bus delivers w7's end first,
+	tr.fromBus(key, []byte("v7"))        // with its value
+	tr.endOwn(key, "w7", []byte("v7"), tk)
+	require.Equal(t, "v7", held(), "the writer's own end, delivered first by the bus, already did the work")
+	tr.invalidate(key, msgDone, "x") // an Invalidate
+
+	tr.invalidate(key, msgDone, "w4")
+	tr.fromBus(key, []byte("v4"))
+	require.Equal(t, "v4", held())
+
+	tr.invalidate(key, msgPrepare, "w5")
+	tr.invalidate(key, msgCleared, "w6")
+	tr.fromBus(key, []byte("v6"))
+	require.Empty(t, held(), "w5 is between its prepare and its done")
+	tr.invalidate(key, msgCleared, "w5")
+	tr.fromBus(key, []byte("v5"))
+	require.Equal(t, "v5", held())
+}

@@ -112,6 +112,36 @@ func (m *MemoryCache) Delete(ctx context.Context, keys ...string) error {
 	return nil
 }
 
+// invalidate deletes keys, but leaves the markers of writes in progress,
+// marked as shared (see markerKeeper).
+func (m *MemoryCache) invalidate(ctx context.Context, keys []string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	for _, key := range keys {
+		for {
+			held, ok := m.c.Get(key)
+			if !ok {
+				break
+			}
+			var next []byte // nil: delete
+			ttl := time.Duration(0)
+			if isWriting(held) {
+				toks, shared := markerTokens(held)
+				if shared {
+					break
+				}
+				next = markerOf(toks, true)
+				ttl, _ = m.c.TTL(key)
+			}
+			if m.c.CompareAndSwap(key, held, next, ttl) {
+				break
+			}
+		}
+	}
+	return nil
+}
+
 // GetMulti returns the encoded values under keys, aligned with keys, with
 // nil for misses.
 func (m *MemoryCache) GetMulti(ctx context.Context, keys []string) ([]json.RawMessage, error) {
@@ -222,11 +252,15 @@ func (m *MemoryCache) busPublish(_ context.Context, msg []byte) error {
 
 func (m *MemoryCache) busAnnounce(_ context.Context, msg []byte) (time.Time, []busMember, error) {
 	now, ms := m.bus.Announce(msg)
+	return now, memBusMembers(ms), nil
+}
+
+func memBusMembers(ms []membus.Member) []busMember {
 	out := make([]busMember, len(ms))
 	for i, mm := range ms {
 		out[i] = busMember{id: mm.ID, expires: mm.Expires}
 	}
-	return now, out, nil
+	return out
 }
 
 func (m *MemoryCache) busRenew(_ context.Context, member string, lease time.Duration) error {
@@ -298,10 +332,23 @@ func (m *MemoryCache) placeWriteMarker(ctx context.Context, key string, marker [
 
 // endWriteAnnounced ends a write to key (see writeClearer) and announces
 // msg on the bus (see writeAnnouncer).
+//
+// The clear and the announcement are one step on the bus: a value the
+// write leaves in the cache rides on the message (see busMsg), as with
+// Redis.
 func (m *MemoryCache) endWriteAnnounced(ctx context.Context, key string, marker []byte, prefix string, related []string, fill []byte, fillTTL time.Duration, msg []byte) (error, bool, []busMember, error) {
-	filled, clearErr := m.clearOrFill(ctx, key, marker, prefix, related, fill, fillTTL)
-	_, ms, annErr := m.busAnnounce(ctx, msg)
-	return clearErr, filled, ms, annErr
+	var (
+		filled   bool
+		clearErr error
+	)
+	_, ms := m.bus.AnnounceAfter(func() []byte {
+		filled, clearErr = m.clearOrFill(ctx, key, marker, prefix, related, fill, fillTTL)
+		if !filled {
+			return msg
+		}
+		return append(append(append(make([]byte, 0, len(msg)+1+len(fill)), msg...), '\n'), fill...)
+	})
+	return clearErr, filled, memBusMembers(ms), nil
 }
 
 // claimRefresh claims key's early refresh (see refreshClaimer).

@@ -120,6 +120,18 @@ func (r *RedisCache) Delete(ctx context.Context, keys ...string) error {
 	return nil
 }
 
+// invalidate deletes keys, but leaves the markers of writes in progress,
+// marked as shared (see markerKeeper).
+func (r *RedisCache) invalidate(ctx context.Context, keys []string) error {
+	if err := r.ready(); err != nil {
+		return err
+	}
+	if err := r.c.Invalidate(ctx, keys, markers(writingPrefix)); err != nil {
+		return wrapErr("redis invalidate", err)
+	}
+	return nil
+}
+
 // GetMulti returns the values under keys in one round trip, aligned with
 // keys, with nil for misses.
 func (r *RedisCache) GetMulti(ctx context.Context, keys []string) ([]json.RawMessage, error) {

@@ -96,6 +96,18 @@ func stackMarker(held, marker []byte) []byte {
 	return markerOf(append(toks, markerToken(marker)), true)
 }
 
+// markerKeeper is what the adapters of this package offer to delete keys
+// without wiping the markers of writes in progress: a key that holds one
+// keeps it, marked as shared, with its expiry. Its writes still end it,
+// and none of them leaves its own value in its place: the delete comes
+// from a write they know nothing of (an Invalidate after a write of your
+// own, a retried delete), which may have changed the source after them.
+// A plain delete would end their protection early: a reader could load
+// the row one of them is about to replace and fill it.
+type markerKeeper interface {
+	invalidate(ctx context.Context, keys []string) error
+}
+
 // writePlacer is what the adapters of this package offer to place a
 // write's marker stacked on any marker already there; it reports whether
 // key held no other write's marker.
@@ -347,7 +359,7 @@ func (a *Aside[K, V]) endWrite(ctx context.Context, key string, w writeOp, relat
 	wa, ok := a.g.c.(writeAnnouncer)
 	if !ok || a.bus == nil {
 		failed, err := a.g.clearWrite(context.WithoutCancel(ctx), key, w.marker, keys)
-		err = a.afterDelete(ctx, key, seqs, failed, err)
+		err = a.afterDelete(ctx, key, w.marker, seqs, failed, err)
 		a.tellDone(ctx, w, key)
 		return err
 	}
@@ -363,6 +375,10 @@ func (a *Aside[K, V]) endWrite(ctx context.Context, key string, w writeOp, relat
 	var res announced
 	var filled atomic.Bool
 	cctx := context.WithoutCancel(ctx)
+	var tk tierTicket
+	if a.tier != nil {
+		tk = a.tier.begin(key) // for the value the write may leave (see tier.endOwn)
+	}
 	clearErr := a.g.do(cctx, a.g.shard(key), func(ctx context.Context) error {
 		clearErr, f, members, annErr := wa.endWriteAnnounced(ctx, key, w.marker, writingPrefix, inline, fill, w.fillTTL, msg)
 		filled.Store(f)
@@ -383,9 +399,17 @@ func (a *Aside[K, V]) endWrite(ctx context.Context, key string, w writeOp, relat
 			clearErr = derr
 		}
 	}
-	err := a.afterDelete(ctx, key, seqs, failed, clearErr)
+	var mine []byte
+	if clearErr != nil {
+		mine = w.marker // the key's own clear failed, not just a related key's
+	}
+	err := a.afterDelete(ctx, key, mine, seqs, failed, clearErr)
 	if a.tier != nil {
-		a.tier.invalidate(key, msgDone, w.id)
+		var left []byte
+		if clearErr == nil && filled.Load() {
+			left = fill
+		}
+		a.tier.endOwn(key, w.id, left, tk)
 	}
 	members, annErr := res.get(clearErr)
 	if w.prepared {

@@ -303,3 +303,66 @@ func TestWrite_ReaderWaitsForTheWritesValue(t *testing.T) {
 		require.Equal(t, int64(1), writer.GetMetrics().WriteFills)
 	})
 }
+
+// TestWrite_InvalidateKeepsAWriteInProgress: an Invalidate (a write of
+// your own) of a key whose write is in progress leaves that write's
+// marker, marked as shared: readers still find the key held, and the write
+// does not leave its row at its end, since the other write may have
+// changed the source after it. A plain delete used to end the marker's
+// protection early.
+func TestWrite_InvalidateKeepsAWriteInProgress(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		repo := NewMemoryRepository()
+		u := seedUser(t, repo, "v0")
+		writer := NewUserService(repo, b.fork(t))
+		other := NewUserService(repo, b.fork(t))
+		t.Cleanup(func() { writer.Close(); other.Close() })
+		key := userCacheKey(u.ID)
+		w, err := writer.users.beginWrite(ctx, key)
+		require.NoError(t, err)
+		require.True(t, w.alone)
+		require.NoError(t, other.users.Invalidate(ctx, u.ID))
+		raw, ok := b.raw(key)
+		require.True(t, ok && isWriting([]byte(raw)), "the write's marker is still there: %q", raw)
+		toks, shared := markerTokens([]byte(raw))
+		require.True(t, shared, "the marker is marked as shared")
+		require.Equal(t, []string{markerToken(w.marker)}, toks)
+
+		v := *u
+		v.Name = "v1"
+		writer.users.leaveValue(&w, key, &v)
+		require.NoError(t, writer.users.endWrite(ctx, key, w, nil, nil))
+		_, ok = b.raw(key)
+		require.False(t, ok, "the write ended over a shared marker: the key is deleted")
+		require.Zero(t, writer.GetMetrics().WriteFills)
+	})
+}
+
+// TestWrite_RetriedEndTakesOutOnlyItsOwnToken: the retry of a write's end
+// that failed takes that write's token out of the key's marker, as the end
+// would have, rather than delete the key: another write that shares the
+// marker keeps it.
+func TestWrite_RetriedEndTakesOutOnlyItsOwnToken(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		repo := NewMemoryRepository()
+		u := seedUser(t, repo, "v0")
+		svc := NewUserService(repo, b.fork(t))
+		t.Cleanup(func() { svc.Close() })
+		key := userCacheKey(u.ID)
+		w1, err := svc.users.beginWrite(ctx, key)
+		require.NoError(t, err)
+		w2, err := svc.users.beginWrite(ctx, key)
+		require.NoError(t, err)
+		svc.users.queue([]string{key}, nil, w1.marker) // w1's end failed
+		require.Eventually(t, func() bool { return svc.users.inv.n.Load() == 0 }, 5*time.Second, 5*time.Millisecond, "the retry landed")
+		raw, ok := b.raw(key)
+		require.True(t, ok && isWriting([]byte(raw)), "w2 is still in progress: %q", raw)
+		toks, _ := markerTokens([]byte(raw))
+		require.Equal(t, []string{markerToken(w2.marker)}, toks, "only w1's token was taken out")
+		require.NoError(t, svc.users.endWrite(ctx, key, w2, nil, nil))
+		_, ok = b.raw(key)
+		require.False(t, ok)
+	})
+}

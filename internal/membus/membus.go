@@ -108,8 +108,15 @@ type Member struct {
 // Announce publishes msg and returns the time and the members whose lease
 // had not run out, in one step.
 func (b *Bus) Announce(msg []byte) (time.Time, []Member) {
+	return b.AnnounceAfter(func() []byte { return msg })
+}
+
+// AnnounceAfter is Announce of the message step returns, with step run
+// in the same step: nothing else is published between the two.
+func (b *Bus) AnnounceAfter(step func() []byte) (time.Time, []Member) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	msg := step()
 	now := b.now()
 	var live []Member
 	for id, exp := range b.members {

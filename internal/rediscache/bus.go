@@ -177,12 +177,51 @@ func (c *Cache) Subscribe(ctx context.Context) *redis.PubSub {
 	return c.user.Subscribe(ctx, c.BusChannel())
 }
 
+// beginWriteAnnounce is beginWrite (KEYS[1], ARGV[1] to ARGV[3]) and
+// announce (members KEYS[2], channel ARGV[4], message ARGV[5]) in one
+// script, for a server that holds both keys (not a cluster). It returns
+// what the key held, the server's time and the live members.
+var beginWriteAnnounce = redis.NewScript(beginWriteBody + serverMillis + `
+local m = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. now, '+inf', 'WITHSCORES')
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return {old, now, m}`)
+
+// endWriteAnnounce is clearWrite (KEYS[1] to KEYS[#KEYS-1], ARGV[1] to
+// ARGV[4]) and announce (members KEYS[#KEYS], channel ARGV[5], message
+// ARGV[6]) in one script, for a server that holds every key (not a
+// cluster). When the key was set to ARGV[3], the message carries it after
+// a newline: nothing else can be published between the two, so a
+// subscriber may take the message for a read of the key. It returns
+// clearWrite's reply, the server's time and the live members.
+var endWriteAnnounce = redis.NewScript(`local last = #KEYS - 1` + clearWriteBody + serverMillis + `
+local m = redis.call('ZRANGEBYSCORE', KEYS[#KEYS], '(' .. now, '+inf', 'WITHSCORES')
+local msg = ARGV[6]
+if ret == 2 then msg = msg .. '\n' .. ARGV[3] end
+redis.call('PUBLISH', ARGV[5], msg)
+return {ret, now, m}`)
+
 // BeginWrite places marker under key for ttl, adding its token to a
 // marker already there (see beginWrite), and announces msg, in one round
-// trip (a pipeline, which a cluster client sends to the two slots' nodes
-// at once). It returns the error of each half, what key held before (nil
-// for nothing), and the announcement's result.
+// trip: one script on a single server, a pipeline of two on a cluster
+// (whose client sends it to the two slots' nodes at once). It returns the
+// error of each half, what key held before (nil for nothing), and the
+// announcement's result.
 func (c *Cache) BeginWrite(ctx context.Context, key string, marker []byte, m Markers, ttl time.Duration, msg []byte) (markErr error, prev []byte, now time.Time, members []Member, annErr error) {
+	if c.single {
+		res, err := beginWriteAnnounce.Run(ctx, c.c, []string{c.prefix + key, c.membersKey()}, marker, ms(ttl), m.Intent, c.BusChannel(), msg).Slice()
+		if err != nil {
+			return err, nil, time.Time{}, nil, err
+		}
+		if len(res) != 3 {
+			err = errors.New("unexpected reply to the begin-write script")
+			return err, nil, time.Time{}, nil, err
+		}
+		if s, ok := res[0].(string); ok {
+			prev = []byte(s)
+		}
+		now, members, annErr = announcedReply(res[1:])
+		return nil, prev, now, members, annErr
+	}
 	var set, ann *redis.Cmd
 	_, _ = c.c.Pipelined(ctx, func(p redis.Pipeliner) error {
 		set = beginWrite.Eval(ctx, p, []string{c.prefix + key}, marker, ms(ttl), m.Intent)
@@ -198,18 +237,33 @@ func (c *Cache) BeginWrite(ctx context.Context, key string, marker []byte, m Mar
 }
 
 // EndWrite ends a write to key (see ClearWrite) and announces msg, in one
-// round trip. On a cluster the related keys are deleted by commands of
-// their own in the same pipeline.
+// round trip: one script on a single server, a pipeline on a cluster,
+// where the related keys are deleted by commands of their own.
 //
 // With fill, a key that still holds exactly mine is given fill, for
 // fillTTL, instead of being deleted (the writer's own value, as the source
-// stored it), and filled reports it.
+// stored it), and filled reports it. On a single server the announcement
+// then carries fill after a newline (see endWriteAnnounce).
 func (c *Cache) EndWrite(ctx context.Context, key string, mine []byte, m Markers, related []string, fill []byte, fillTTL time.Duration, msg []byte) (clearErr error, filled bool, now time.Time, members []Member, annErr error) {
 	keys := []string{c.prefix + key}
 	if !c.cluster {
 		for _, k := range related {
 			keys = append(keys, c.prefix+k)
 		}
+	}
+	if c.single {
+		keys = append(keys, c.membersKey())
+		res, err := endWriteAnnounce.Run(ctx, c.c, keys, mine, m.Intent, fill, ms(fillTTL), c.BusChannel(), msg).Slice()
+		if err != nil {
+			return err, false, time.Time{}, nil, err
+		}
+		if len(res) != 3 {
+			err = errors.New("unexpected reply to the end-write script")
+			return err, false, time.Time{}, nil, err
+		}
+		n, _ := res[0].(int64)
+		now, members, annErr = announcedReply(res[1:])
+		return nil, n == 2, now, members, annErr
 	}
 	var clear []redis.Cmder
 	var ann *redis.Cmd
@@ -243,6 +297,12 @@ func announced(cmd *redis.Cmd) (time.Time, []Member, error) {
 	if err != nil {
 		return time.Time{}, nil, err
 	}
+	return announcedReply(res)
+}
+
+// announcedReply reads the server's time and the members from the end of
+// a script's reply.
+func announcedReply(res []any) (time.Time, []Member, error) {
 	if len(res) != 2 {
 		return time.Time{}, nil, errors.New("unexpected reply to the announce script")
 	}

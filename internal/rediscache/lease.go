@@ -140,7 +140,11 @@ func ms(ttl time.Duration) int64 {
 // milliseconds, adding its token to a marker already there (unless it is
 // there: a retry). A key of another type is deleted first. It returns what
 // the key held before, or false.
-var beginWrite = redis.NewScript(`
+var beginWrite = redis.NewScript(beginWriteBody + `return old`)
+
+// beginWriteBody is beginWrite without its reply: what the key held is
+// left in old.
+const beginWriteBody = `
 local p = ARGV[3]
 local tok = string.sub(ARGV[1], #p + 1, -2)
 local t = redis.call('TYPE', KEYS[1])['ok']
@@ -162,7 +166,7 @@ if old and string.sub(old, 1, #p) == p then
   if not here then new = p .. body .. ',' .. tok .. '!"' end
 end
 redis.call('SET', KEYS[1], new, 'PX', ARGV[2])
-return old`)
+`
 
 // clearWrite ends the write whose own marker is ARGV[1] (see beginWrite;
 // ARGV[2] is the intent prefix): if KEYS[1] holds a marker with its token,
@@ -171,7 +175,11 @@ return old`)
 // never shared (the script then returns 2); a marker without its token is
 // another write's, and stays; anything else is deleted. Every other key it
 // is given is deleted.
-var clearWrite = redis.NewScript(`
+var clearWrite = redis.NewScript(`local last = #KEYS` + clearWriteBody + `return ret`)
+
+// clearWriteBody is clearWrite without its reply, which it leaves in ret;
+// the related keys are KEYS[2] to KEYS[last].
+const clearWriteBody = `
 local p = ARGV[2]
 local tok = string.sub(ARGV[1], #p + 1, -2)
 local ret = 1
@@ -203,8 +211,61 @@ if t == 'string' then
 elseif t ~= 'none' then
   redis.call('DEL', KEYS[1])
 end
-for i = 2, #KEYS do redis.call('DEL', KEYS[i]) end
-return ret`)
+for i = 2, last do redis.call('DEL', KEYS[i]) end
+`
+
+// invalidate deletes each of KEYS, except that one that holds a write's
+// marker (a value that starts with ARGV[1]) keeps it, marked as shared
+// (see beginWrite), with its expiry: the writes in progress still end it,
+// and none of them leaves its own value in its place.
+var invalidate = redis.NewScript(`
+local p = ARGV[1]
+for i = 1, #KEYS do
+  local k = KEYS[i]
+  local v = false
+  if redis.call('TYPE', k)['ok'] == 'string' then v = redis.call('GET', k) end
+  if v and string.sub(v, 1, #p) == p then
+    if string.sub(v, -2) ~= '!"' then
+      local ttl = redis.call('PTTL', k)
+      local nv = string.sub(v, 1, -2) .. '!"'
+      if ttl > 0 then redis.call('SET', k, nv, 'PX', ttl) else redis.call('SET', k, nv) end
+    end
+  else
+    redis.call('DEL', k)
+  end
+end
+return 1`)
+
+// Invalidate deletes keys, except that a key that holds a write's marker
+// keeps it, marked as shared (see invalidate): one script on a single
+// server, a pipeline of one per key on a cluster.
+func (c *Cache) Invalidate(ctx context.Context, keys []string, m Markers) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	full := make([]string, len(keys))
+	for i, k := range keys {
+		full[i] = c.prefix + k
+	}
+	if !c.cluster {
+		return invalidate.Run(ctx, c.c, full, m.Intent).Err()
+	}
+	cmds, err := c.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, k := range full {
+			invalidate.Eval(ctx, p, []string{k}, m.Intent)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, cmd := range cmds {
+		if err := cmd.Err(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
 
 // PlaceWrite places the marker of a write on key for ttl, adding its token
 // to a marker already there (see beginWrite), and returns what key held

@@ -25,6 +25,7 @@ type Cache struct {
 	user    redis.UniversalClient // the client as it was given
 	prefix  string
 	cluster bool
+	single  bool // a plain or failover client: one server holds every key
 	bounded bool // every call returns by its context's deadline
 
 	noSetNXGet atomic.Bool // the server refused SET NX GET (before Redis 7.0)
@@ -50,7 +51,7 @@ func New(c redis.UniversalClient, prefix string) *Cache {
 			b.Options().WriteTimeout = o.WriteTimeout
 			cc.c = b
 		}
-		cc.bounded = true
+		cc.bounded, cc.single = true, true
 	case *redis.ClusterClient:
 		cc.cluster = true
 		cc.bounded = x.Options().ContextTimeoutEnabled
