@@ -295,7 +295,10 @@ func (a *Aside[K, V]) tierValue(key string, raw []byte) (V, time.Time, bool) {
 // delete is bounded by the cache time box. A delete that fails is counted,
 // logged and returned, and retried until it lands; meanwhile this process
 // reads id from the repository. Related keys in the library's own
-// namespace ("cacheaside:...") are never deleted.
+// namespace ("cacheaside:...") are never deleted. A key that holds the
+// marker of a write in progress (see Write) keeps it, marked so that the
+// write deletes the key when it ends rather than leave its own value: your
+// write may have changed the source after that one.
 func (a *Aside[K, V]) Invalidate(ctx context.Context, id K, related ...string) error {
 	return a.invalidate(ctx, a.key(id), related, nil)
 }

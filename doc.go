@@ -111,8 +111,12 @@
 // never joins a load that started before it, and such a load's fill is
 // dropped rather than writing the old row back. A failed delete is
 // counted, logged and retried until it lands (see below); it does not fail
-// the write, whose data is already durable. [Aside.Write] runs your own
-// write the same way.
+// the write, whose data is already durable. The retry of a write's end
+// takes that write's token out of the marker, as the end would have. An
+// [Aside.Invalidate], and any retried delete, leaves the marker of a write
+// in progress, marked as shared: that write still ends it, and does not
+// leave its own row, since the write you invalidate for may have changed
+// the source after it. [Aside.Write] runs your own write the same way.
 //
 // Within one process, this generation also keeps a fill through a cache
 // without leases from writing the old row back. Across processes that share

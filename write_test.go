@@ -173,15 +173,7 @@ func TestWrite_OverlappingWritesKeepTheMarker(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
 		for _, firstEnds := range []bool{true, false} {
 			ctx := context.Background()
-			repo := NewMemoryRepository()
-			u := seedUser(t, repo, "v0")
-			svc := NewUserService(repo, b.fork(t))
-			t.Cleanup(func() { svc.Close() })
-			key := userCacheKey(u.ID)
-			w1, err := svc.users.beginWrite(ctx, key)
-			require.NoError(t, err)
-			w2, err := svc.users.beginWrite(ctx, key)
-			require.NoError(t, err)
+			u, svc, key, w1, w2 := overlappingWrites(t, b)
 			require.True(t, w1.alone)
 			require.False(t, w2.alone, "w2 began over w1's marker")
 			first, second := w1, w2
@@ -195,9 +187,7 @@ func TestWrite_OverlappingWritesKeepTheMarker(t *testing.T) {
 			raw, ok := b.raw(key)
 			require.True(t, ok && isWriting([]byte(raw)), "the other write is still in progress: %q", raw)
 			require.NoError(t, svc.users.endWrite(ctx, key, second, nil, nil))
-			_, ok = b.raw(key)
-			require.False(t, ok, "both writes ended over a shared marker: the key is deleted")
-			require.Zero(t, svc.GetMetrics().WriteFills)
+			requireDeletedUnfilled(t, b, key, svc, "both writes ended over a shared marker")
 		}
 	})
 }
@@ -313,12 +303,8 @@ func TestWrite_ReaderWaitsForTheWritesValue(t *testing.T) {
 func TestWrite_InvalidateKeepsAWriteInProgress(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
 		ctx := context.Background()
-		repo := NewMemoryRepository()
-		u := seedUser(t, repo, "v0")
-		writer := NewUserService(repo, b.fork(t))
-		other := NewUserService(repo, b.fork(t))
-		t.Cleanup(func() { writer.Close(); other.Close() })
-		key := userCacheKey(u.ID)
+		u, svcs := writeFixture(t, b, 2)
+		writer, other, key := svcs[0], svcs[1], userCacheKey(u.ID)
 		w, err := writer.users.beginWrite(ctx, key)
 		require.NoError(t, err)
 		require.True(t, w.alone)
@@ -333,9 +319,7 @@ func TestWrite_InvalidateKeepsAWriteInProgress(t *testing.T) {
 		v.Name = "v1"
 		writer.users.leaveValue(&w, key, &v)
 		require.NoError(t, writer.users.endWrite(ctx, key, w, nil, nil))
-		_, ok = b.raw(key)
-		require.False(t, ok, "the write ended over a shared marker: the key is deleted")
-		require.Zero(t, writer.GetMetrics().WriteFills)
+		requireDeletedUnfilled(t, b, key, writer, "the write ended over a shared marker")
 	})
 }
 
@@ -346,15 +330,7 @@ func TestWrite_InvalidateKeepsAWriteInProgress(t *testing.T) {
 func TestWrite_RetriedEndTakesOutOnlyItsOwnToken(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
 		ctx := context.Background()
-		repo := NewMemoryRepository()
-		u := seedUser(t, repo, "v0")
-		svc := NewUserService(repo, b.fork(t))
-		t.Cleanup(func() { svc.Close() })
-		key := userCacheKey(u.ID)
-		w1, err := svc.users.beginWrite(ctx, key)
-		require.NoError(t, err)
-		w2, err := svc.users.beginWrite(ctx, key)
-		require.NoError(t, err)
+		_, svc, key, w1, w2 := overlappingWrites(t, b)
 		svc.users.queue([]string{key}, nil, w1.marker) // w1's end failed
 		require.Eventually(t, func() bool { return svc.users.inv.n.Load() == 0 }, 5*time.Second, 5*time.Millisecond, "the retry landed")
 		raw, ok := b.raw(key)
@@ -365,4 +341,42 @@ func TestWrite_RetriedEndTakesOutOnlyItsOwnToken(t *testing.T) {
 		_, ok = b.raw(key)
 		require.False(t, ok)
 	})
+}
+
+// writeFixture seeds user "v0" in a repository that returns the rows it
+// stores, and builds n services over it, each with its own client to b.
+func writeFixture(t *testing.T, b backend, n int) (*User, []*UserService) {
+	t.Helper()
+	repo := NewMemoryRepository()
+	u := seedUser(t, repo, "v0")
+	svcs := make([]*UserService, n)
+	for i := range svcs {
+		svc := NewUserService(repo, b.fork(t))
+		t.Cleanup(func() { svc.Close() })
+		svcs[i] = svc
+	}
+	return u, svcs
+}
+
+// requireDeletedUnfilled checks that key is gone from b and that svc's
+// writes left no value: why says why it should be so.
+func requireDeletedUnfilled(t *testing.T, b backend, key string, svc *UserService, why string) {
+	t.Helper()
+	_, ok := b.raw(key)
+	require.False(t, ok, "%s: the key is deleted", why)
+	require.Zero(t, svc.GetMetrics().WriteFills, "%s: no value is left", why)
+}
+
+// overlappingWrites begins two writes of one user through one service, the
+// second over the first's marker.
+func overlappingWrites(t *testing.T, b backend) (u *User, svc *UserService, key string, w1, w2 writeOp) {
+	t.Helper()
+	u, svcs := writeFixture(t, b, 1)
+	svc, key = svcs[0], userCacheKey(u.ID)
+	var err error
+	w1, err = svc.users.beginWrite(context.Background(), key)
+	require.NoError(t, err)
+	w2, err = svc.users.beginWrite(context.Background(), key)
+	require.NoError(t, err)
+	return u, svc, key, w1, w2
 }
