@@ -90,11 +90,16 @@ const (
 )
 
 // busMsg is one bus message: kind, an ID (the write's or the member's) and
-// a key (for a heartbeat, its number). Keys never hold a newline: IDs are
-// escaped (see keys.go). The end of a write that left its value in the
-// cache may carry that value after one more newline (see fromBus): the
-// cache adds it in the same step as it sets the key, so it is what a read
-// of the key would have returned when the message was published.
+// a key (for a heartbeat, its number), each after a newline: "k\nid\nkey".
+// A key may itself hold newlines (string IDs are not escaped for them), so
+// it runs to the end of the message.
+//
+// The end of a write that left its value in the cache may carry that
+// value (see tier.heard): the cache publishes it in the same step as it
+// sets the key, so it is what a read of the key would have returned when
+// the message was published. Such a message has its kind in upper case and
+// the key's length before the key, "K\nid\nlen\nkey" and the value, so
+// that where the key ends is never a guess (see rowHeader).
 type busMsg struct {
 	kind byte
 	id   string
@@ -110,6 +115,19 @@ func (m busMsg) encode() []byte {
 	return append(b, m.key...)
 }
 
+// rowHeader is the message that ends a write and carries its value, less
+// the value, which the cache appends when it set the key to it.
+func (m busMsg) rowHeader() []byte {
+	n := strconv.Itoa(len(m.key))
+	b := make([]byte, 0, 4+len(m.id)+len(n)+len(m.key))
+	b = append(b, m.kind-'a'+'A', '\n')
+	b = append(b, m.id...)
+	b = append(b, '\n')
+	b = append(b, n...)
+	b = append(b, '\n')
+	return append(b, m.key...)
+}
+
 func decodeBusMsg(b []byte) (busMsg, bool) {
 	if len(b) < 2 || b[1] != '\n' {
 		return busMsg{}, false
@@ -118,16 +136,26 @@ func decodeBusMsg(b []byte) (busMsg, bool) {
 	if !ok {
 		return busMsg{}, false
 	}
-	key, val, _ := bytes.Cut(rest, []byte{'\n'})
-	return busMsg{kind: b[0], id: string(id), key: string(key), val: val}, true
+	kind := b[0]
+	if kind != msgDone-'a'+'A' && kind != msgCleared-'a'+'A' {
+		return busMsg{kind: kind, id: string(id), key: string(rest)}, true
+	}
+	n, rest, ok := bytes.Cut(rest, []byte{'\n'})
+	if !ok {
+		return busMsg{}, false
+	}
+	klen, err := strconv.Atoi(string(n))
+	if err != nil || klen < 0 || klen > len(rest) {
+		return busMsg{}, false
+	}
+	return busMsg{kind: kind - 'A' + 'a', id: string(id), key: string(rest[:klen]), val: rest[klen:]}, true
 }
 
-// busHandler is what the bus tells about: a key dropped by a message, the
-// value a write left in the cache, and a tier that can no longer be
-// trusted.
+// busHandler is what the bus tells about: a message about a key (with the
+// value a write left in the cache, if it carries one), and a tier that can
+// no longer be trusted.
 type busHandler interface {
-	invalidate(key string, kind byte, write string)
-	fromBus(key string, raw []byte)
+	heard(key string, kind byte, write string, raw []byte)
 	flush()
 }
 
@@ -428,10 +456,7 @@ func (b *bus) serve(ctx context.Context, done <-chan struct{}, sub busSub) error
 			b.heard(done, at, current)
 		case msgPrepare, msgDone, msgCleared:
 			b.m.busInvalidations.Add(1)
-			b.h.invalidate(msg.key, msg.kind, msg.id)
-			if msg.val != nil && msg.kind != msgPrepare {
-				b.h.fromBus(msg.key, msg.val)
-			}
+			b.h.heard(msg.key, msg.kind, msg.id, msg.val)
 			if b.strict && msg.kind != msgCleared {
 				b.queueAck(ackID(msg.id, msg.kind))
 			}
@@ -470,12 +495,14 @@ func (b *bus) extend(until int64, sub uint64) {
 	if b.lapsed.Load() || b.validUntil.Load() == 0 {
 		// (Re)joining: a write that went on without its marker (its
 		// cache calls failed, before any member was known) may still be
-		// changing the source; fill nothing until it is done.
-		b.h.flush()
-		b.lapsed.Store(false)
+		// changing the source; fill nothing until it is done. The grace
+		// starts before the tier is emptied: a read that notes the new
+		// epoch (see tier.begin) then sees the grace too.
 		if b.strict {
 			b.fillAfter.Store(now + int64(b.grace))
 		}
+		b.h.flush()
+		b.lapsed.Store(false)
 	}
 	if until <= b.validUntil.Load() || until <= now {
 		return

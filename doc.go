@@ -234,11 +234,16 @@
 // a read: what k held as the message was published, taken as the member
 // handles it, after every message published before it and before every
 // one published after it; a later write's prepare therefore drops it
-// before that write's acknowledgement, as for any fill. The writer takes
-// its own row only if nothing about k reached its tier since the script
-// that left it ran (the bus may deliver a later write's prepare and done
-// before the writer gets its reply; a row taken after them would be older
-// than an acknowledged write).
+// before that write's acknowledgement, as for any fill. Two cases need
+// more. A later write from the member itself does not wait for the
+// member's own subscription: it may be acknowledged while an older row is
+// still on its way to the member. So a member takes no row from the bus
+// while a write or an Invalidate of k of its own has not come back to it
+// through the bus. And the writer takes its own row only if nothing about
+// k reached its tier since the script that left it ran (the bus may
+// deliver a later write's prepare and done before the writer gets its
+// reply; a row taken after them would be older than an acknowledged
+// write).
 //
 // Writers without a tier, and members that join. Every writer places the
 // marker, tier or not: a write that only deleted the old value after the

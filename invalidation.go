@@ -145,19 +145,26 @@ func (a *Aside[K, V]) retry(done <-chan struct{}) {
 		p.mu.Unlock()
 
 		a.m.invalRetries.Add(1)
+		// The deletes go in one call per shard, first, on a time box of
+		// their own; the ends of writes, one call each, after them.
 		ctx, cancel := context.WithTimeout(context.Background(), a.o.cacheTimeout)
-		var failed []string
+		failed, _ := a.g.del(ctx, dels)
+		cancel()
+		down := false // after one end fails, the others wait for the next round
 		for k, ms := range ends {
 			for _, m := range ms {
-				if f, _ := a.g.clearWrite(ctx, k, m, nil); len(f) > 0 {
-					failed = append(failed, k)
+				if down {
 					break
 				}
+				ctx, cancel := context.WithTimeout(context.Background(), a.o.cacheTimeout)
+				f, _ := a.g.clearWrite(ctx, k, m, nil)
+				cancel()
+				down = len(f) > 0
+			}
+			if down {
+				failed = append(failed, k)
 			}
 		}
-		f, _ := a.g.del(ctx, dels)
-		failed = append(failed, f...)
-		cancel()
 
 		p.mu.Lock()
 		var seqs []int64

@@ -45,6 +45,12 @@ type tier[V any] struct {
 	// let the tier fill before the other's.
 	blocked map[string]map[string]time.Time
 	hold    time.Duration // how long a prepare blocks a key without its done
+	// own holds, per key, this process's own writes and invalidations of
+	// it whose messages the bus has not brought back yet, until when (hold).
+	// A value that a write elsewhere left (see heard) may be older than
+	// one of them, which was acknowledged without waiting for this
+	// process's own subscription: none is taken meanwhile.
+	own map[string]map[string]time.Time
 
 	// decode reads a cache entry of key as a value and when it stops
 	// being fresh, for fromBus; nil leaves such values to the next read.
@@ -80,6 +86,7 @@ func newTier[V any](maxEntries int, hold time.Duration, prefix string) *tier[V] 
 		c:       otter.Must(&otter.Options[uint64, tierEntry[V]]{MaximumSize: maxEntries}),
 		seed:    maphash.MakeSeed(),
 		blocked: make(map[string]map[string]time.Time),
+		own:     make(map[string]map[string]time.Time),
 		hold:    hold,
 	}
 	t.gens.init()
@@ -152,17 +159,29 @@ func (t *tier[V]) fillLocked(key string, v V, exp time.Time, tk tierTicket) {
 	t.c.Set(k, tierEntry[V]{key: key, v: v, exp: now + int64(time.Until(exp))})
 }
 
-// fromBus fills the tier with raw, the entry a write left in the shared
-// cache as the bus message that ended it was published, which the bus
-// delivers after every message published before it and before every one
-// published after it. So it is taken as a read of the key that began as
-// the message arrived: under the same rules as any fill (see fill), with a
-// ticket noted after the message's own invalidation. A write of the key
-// that is still between its prepare and its done, in particular, keeps it
-// out. Every member thus holds a written value without reading the shared
-// cache for it.
-func (t *tier[V]) fromBus(key string, raw []byte) {
-	if t.decode == nil {
+// heard handles a bus message of kind about key from write: it drops the
+// key (see invalidate), and, for the end of a write, counts this
+// process's own write or invalidation as heard back and takes raw, the
+// value the write left, if the message carries one.
+//
+// The bus delivers that message after every message published before it
+// and before every one published after it, so raw is taken as a read of
+// the key that began as the message arrived: under the same rules as any
+// fill (see fill), with a ticket noted after the message's own
+// invalidation; a write of the key that is still between its prepare and
+// its done, in particular, keeps it out. Every member thus holds a written
+// value without reading the shared cache for it. One more rule: none is
+// taken while a write or invalidation of the key by this process is not
+// yet heard back. Such a write did not wait for this process's own
+// subscription, so it may have been acknowledged, its end applied to this
+// tier (see endOwn), while messages published before it, and the older
+// values they carry, are still on their way here.
+func (t *tier[V]) heard(key string, kind byte, write string, raw []byte) {
+	t.invalidate(key, kind, write)
+	if kind == msgPrepare {
+		return
+	}
+	if t.pendingOwn(key, write) || raw == nil || t.decode == nil {
 		return
 	}
 	v, exp, ok := t.decode(key, raw)
@@ -170,6 +189,63 @@ func (t *tier[V]) fromBus(key string, raw []byte) {
 		return
 	}
 	t.fill(key, v, exp, t.begin(key))
+}
+
+// ownWrite applies this process's own message of kind about key from
+// write to its tier, as the bus will deliver it to the others, and notes
+// that the bus has yet to bring it back (see heard).
+func (t *tier[V]) ownWrite(key string, kind byte, write string) {
+	t.mu.Lock()
+	ws := t.own[key]
+	if ws == nil {
+		ws = make(map[string]time.Time, 1)
+		t.own[key] = ws
+	}
+	ws[write] = time.Now().Add(t.hold)
+	t.mu.Unlock()
+	t.invalidate(key, kind, write)
+}
+
+// forget drops the note of ownWrite for a write that never ran.
+func (t *tier[V]) forget(key, write string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if ws := t.own[key]; ws != nil {
+		delete(ws, write)
+		if len(ws) == 0 {
+			delete(t.own, key)
+		}
+	}
+}
+
+// pendingOwn counts write's message about key as heard back, and reports
+// whether any of this process's own writes or invalidations of key is
+// still not heard back, forgetting those whose hold ran out.
+func (t *tier[V]) pendingOwn(key, write string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	ws, ok := t.own[key]
+	if !ok {
+		return false
+	}
+	delete(ws, write)
+	return pruned(t.own, key, ws)
+}
+
+// pruned forgets the writes in ws (m[key]) whose time has passed, and
+// reports whether any is left.
+func pruned(m map[string]map[string]time.Time, key string, ws map[string]time.Time) bool {
+	now := time.Now()
+	for w, until := range ws {
+		if now.After(until) {
+			delete(ws, w)
+		}
+	}
+	if len(ws) == 0 {
+		delete(m, key)
+		return false
+	}
+	return true
 }
 
 // endOwn ends this process's own write of key in its tier, as the bus
@@ -223,17 +299,7 @@ func (t *tier[V]) isBlocked(key string) bool {
 	if !ok {
 		return false
 	}
-	now := time.Now()
-	for w, until := range ws {
-		if now.After(until) {
-			delete(ws, w)
-		}
-	}
-	if len(ws) == 0 {
-		delete(t.blocked, key)
-		return false
-	}
-	return true
+	return pruned(t.blocked, key, ws)
 }
 
 // invalidate drops key, and after the prepare of write refuses to fill it

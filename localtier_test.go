@@ -463,18 +463,20 @@ func TestLocalTier_WrittenValueReachesMembers(t *testing.T) {
 		if b.name == "redis-cluster" {
 			return
 		}
-		require.True(t, localRead(insts[0]), "the writer keeps the row it left")
-		for i, in := range insts[1:] {
+		for i, in := range insts {
+			// The writer keeps the row it left, or, if its own messages
+			// were still on their way, takes it from the bus like the
+			// others.
 			require.Eventually(t, func() bool {
 				return in.svc.GetMetrics().LocalSize == 1
-			}, 5*time.Second, time.Millisecond, "member %d got the row from the bus", i+1)
+			}, 5*time.Second, time.Millisecond, "instance %d holds the row", i)
 			var sent int64
 			if in.sent != nil {
 				sent = in.sent.n.Load()
 			}
-			require.True(t, localRead(in), "member %d serves the new row from memory", i+1)
+			require.True(t, localRead(in), "instance %d serves the new row from memory", i)
 			if in.sent != nil {
-				require.Less(t, in.sent.n.Load()-sent, int64(3), "member %d read nothing from Redis (a heartbeat may go out)", i+1)
+				require.Less(t, in.sent.n.Load()-sent, int64(3), "instance %d read nothing from Redis (a heartbeat may go out)", i)
 			}
 		}
 		require.Equal(t, before, loads(), "nobody read the repository")
@@ -483,11 +485,12 @@ func TestLocalTier_WrittenValueReachesMembers(t *testing.T) {
 
 // TestTier_ValuesFromWritesFollowTheRules: a value a write left is taken
 // by the tier under the rules of any fill: not while another write of the
-// key is between its prepare and its done, and, for the writer's own, not
-// after anything else about the key arrived since the write ended in the
-// cache (the bus may deliver a later write's prepare and done before the
-// writer takes its value: taking it then would serve a row older than an
-// acknowledged write).
+// key is between its prepare and its done; not while a write of this
+// process's own is not heard back from the bus (it was acknowledged
+// without waiting for this process's subscription, which may still bring
+// older values); and, for the writer's own value, not after anything else
+// about the key arrived since the write ended in the cache (the bus may
+// deliver a later write's prepare and done before the writer takes it).
 func TestTier_ValuesFromWritesFollowTheRules(t *testing.T) {
 	tr := newTier[User](10, time.Minute, "")
 	b := &bus{}
@@ -506,36 +509,80 @@ func TestTier_ValuesFromWritesFollowTheRules(t *testing.T) {
 		return v.Name
 	}
 
-	tr.invalidate(key, msgPrepare, "w1") // the writer's own prepare
+	tr.ownWrite(key, msgPrepare, "w1") // this process writes
 	tk := tr.begin(key)
 	tr.endOwn(key, "w1", []byte("v1"), tk)
 	require.Equal(t, "v1", held(), "nothing arrived meanwhile: the writer keeps its value")
+	tr.heard(key, msgPrepare, "w1", nil) // its messages come back
+	tr.heard(key, msgCleared, "w1", []byte("v1"))
+	require.Equal(t, "v1", held())
 
-	tr.invalidate(key, msgPrepare, "w2")
-	tk = tr.begin(key) // w2 ends in the cache here, then w3 runs whole
-	tr.invalidate(key, msgPrepare, "w3")
-	tr.invalidate(key, msgCleared, "w3")
+	tr.ownWrite(key, msgPrepare, "w2")
+	tk = tr.begin(key) // w2 ends in the cache here
+	tr.heard(key, msgPrepare, "w2", nil)
+	tr.heard(key, msgCleared, "w2", []byte("v2")) // the bus brings its end back first,
+	tr.heard(key, msgPrepare, "w3", nil)          // then another process's w3, whole
+	tr.heard(key, msgCleared, "w3", []byte("v3"))
 	tr.endOwn(key, "w2", []byte("v2"), tk)
-	require.Empty(t, held(), "w3 began and ended after w2's value was left: v2 is older than w3's")
-	require.False(t, tr.isBlocked(key), "w2's end unblocks the key")
+	require.Equal(t, "v3", held(), "the bus did the writer's end: it takes nothing older")
 
-	tr.invalidate(key, msgPrepare, "w7")
+	tr.ownWrite(key, msgPrepare, "w4")
 	tk = tr.begin(key)
-	tr.invalidate(key, msgCleared, "w7") // the bus delivers w7's end first,
-	tr.fromBus(key, []byte("v7"))        // with its value
-	tr.endOwn(key, "w7", []byte("v7"), tk)
-	require.Equal(t, "v7", held(), "the writer's own end, delivered first by the bus, already did the work")
-	tr.invalidate(key, msgDone, "x") // an Invalidate
-
-	tr.invalidate(key, msgDone, "w4")
-	tr.fromBus(key, []byte("v4"))
+	tr.heard(key, msgPrepare, "w4", nil)
+	tr.heard(key, msgDone, "x", nil) // an Invalidate elsewhere, published before w4's end
+	tr.endOwn(key, "w4", []byte("v4"), tk)
+	require.Empty(t, held(), "something about the key arrived since the ticket: the writer takes nothing")
+	require.False(t, tr.isBlocked(key), "w4's end unblocks the key")
+	tr.heard(key, msgCleared, "w4", []byte("v4"))
 	require.Equal(t, "v4", held())
 
-	tr.invalidate(key, msgPrepare, "w5")
-	tr.invalidate(key, msgCleared, "w6")
-	tr.fromBus(key, []byte("v6"))
+	tr.heard(key, msgPrepare, "w5", nil)
+	tr.heard(key, msgCleared, "w6", []byte("v6"))
 	require.Empty(t, held(), "w5 is between its prepare and its done")
-	tr.invalidate(key, msgCleared, "w5")
-	tr.fromBus(key, []byte("v5"))
+	tr.heard(key, msgCleared, "w5", []byte("v5"))
 	require.Equal(t, "v5", held())
+
+	// Another process's w8 prepared here and ended in the cache with v8;
+	// its done is late. This process's own w9 runs meanwhile (it waits for
+	// nobody: no other member) and is acknowledged with v9.
+	tr.heard(key, msgPrepare, "w8", nil)
+	tr.ownWrite(key, msgPrepare, "w9")
+	tk = tr.begin(key)
+	tr.endOwn(key, "w9", []byte("v9"), tk)
+	tr.heard(key, msgDone, "w8", []byte("v8"))
+	require.Empty(t, held(), "v8 is older than this process's acknowledged w9")
+	tr.heard(key, msgPrepare, "w9", nil)
+	tr.heard(key, msgCleared, "w9", []byte("v9"))
+	require.Equal(t, "v9", held())
+
+	tr.ownWrite(key, msgDone, "x") // an Invalidate here
+	tr.heard(key, msgDone, "w10", []byte("v10"))
+	require.Empty(t, held(), "the Invalidate is not heard back yet")
+	tr.heard(key, msgDone, "x", nil)
+	tr.heard(key, msgDone, "w11", []byte("v11"))
+	require.Equal(t, "v11", held())
+}
+
+// TestBusMsg_KeysWithNewlines: a key may hold newlines (string IDs are not
+// escaped for them); every message decodes to its own key, and a message
+// that carries a value keeps the value apart from the key.
+func TestBusMsg_KeysWithNewlines(t *testing.T) {
+	for _, key := range []string{"p:1", "p:a\nb", "p:\n", "p:"} {
+		for _, kind := range []byte{msgPrepare, msgDone, msgCleared} {
+			m := busMsg{kind: kind, id: "w1", key: key}
+			got, ok := decodeBusMsg(m.encode())
+			require.True(t, ok)
+			require.Equal(t, m, got)
+		}
+		for _, kind := range []byte{msgDone, msgCleared} {
+			m := busMsg{kind: kind, id: "w1", key: key}
+			row := []byte("{\"v\":1}\nmore")
+			got, ok := decodeBusMsg(append(m.rowHeader(), row...))
+			require.True(t, ok)
+			m.val = row
+			require.Equal(t, m, got)
+		}
+	}
+	_, ok := decodeBusMsg([]byte("D\nw1\n99\nshort"))
+	require.False(t, ok, "a key longer than the message")
 }

@@ -336,7 +336,7 @@ func (m *MemoryCache) placeWriteMarker(ctx context.Context, key string, marker [
 // The clear and the announcement are one step on the bus: a value the
 // write leaves in the cache rides on the message (see busMsg), as with
 // Redis.
-func (m *MemoryCache) endWriteAnnounced(ctx context.Context, key string, marker []byte, prefix string, related []string, fill []byte, fillTTL time.Duration, msg []byte) (error, bool, []busMember, error) {
+func (m *MemoryCache) endWriteAnnounced(ctx context.Context, key string, marker []byte, prefix string, related []string, fill []byte, fillTTL time.Duration, msg, rowMsg []byte) (error, bool, []busMember, error) {
 	var (
 		filled   bool
 		clearErr error
@@ -346,7 +346,7 @@ func (m *MemoryCache) endWriteAnnounced(ctx context.Context, key string, marker 
 		if !filled {
 			return msg
 		}
-		return append(append(append(make([]byte, 0, len(msg)+1+len(fill)), msg...), '\n'), fill...)
+		return append(append(make([]byte, 0, len(rowMsg)+len(fill)), rowMsg...), fill...)
 	})
 	return clearErr, filled, memBusMembers(ms), nil
 }

@@ -351,11 +351,11 @@ func (r *RedisCache) placeWriteMarker(ctx context.Context, key string, marker []
 
 // endWriteAnnounced ends a write to key (see writeClearer) and announces
 // msg on the bus, in one round trip (see writeAnnouncer).
-func (r *RedisCache) endWriteAnnounced(ctx context.Context, key string, marker []byte, prefix string, related []string, fill []byte, fillTTL time.Duration, msg []byte) (error, bool, []busMember, error) {
+func (r *RedisCache) endWriteAnnounced(ctx context.Context, key string, marker []byte, prefix string, related []string, fill []byte, fillTTL time.Duration, msg, rowMsg []byte) (error, bool, []busMember, error) {
 	if err := r.ready(); err != nil {
 		return err, false, nil, err
 	}
-	clearErr, filled, _, ms, annErr := r.c.EndWrite(ctx, key, marker, markers(prefix), related, fill, fillTTL, msg)
+	clearErr, filled, _, ms, annErr := r.c.EndWrite(ctx, key, marker, markers(prefix), related, fill, fillTTL, msg, rowMsg)
 	return clearErr, filled, busMembers(ms), annErr
 }
 

@@ -176,7 +176,9 @@ type writeAnnouncer interface {
 	beginWriteAnnounced(ctx context.Context, key string, marker []byte, ttl time.Duration, msg []byte) (markErr error, alone bool, members []busMember, annErr error)
 	// endWriteAnnounced, given fill, sets a key that still holds exactly
 	// marker to fill for fillTTL instead of deleting it.
-	endWriteAnnounced(ctx context.Context, key string, marker []byte, prefix string, related []string, fill []byte, fillTTL time.Duration, msg []byte) (clearErr error, filled bool, members []busMember, annErr error)
+	// The announcement is then rowMsg followed by fill where the cache can
+	// publish it in the same step as it sets the key, msg otherwise.
+	endWriteAnnounced(ctx context.Context, key string, marker []byte, prefix string, related []string, fill []byte, fillTTL time.Duration, msg, rowMsg []byte) (clearErr error, filled bool, members []busMember, annErr error)
 }
 
 // beginWrite starts a write to key: this process's local tier drops the
@@ -199,7 +201,7 @@ func (a *Aside[K, V]) beginWriteAs(ctx context.Context, key string, fills bool) 
 		fills = false // its end could not leave the value (see endWrite)
 	}
 	if a.tier != nil {
-		a.tier.invalidate(key, msgPrepare, w.id)
+		a.tier.ownWrite(key, msgPrepare, w.id)
 	}
 	wa, ok := a.g.c.(writeAnnouncer)
 	if !ok || a.g.leaser == nil || a.bus == nil || !a.bus.strict {
@@ -271,6 +273,7 @@ func (a *Aside[K, V]) refuseWrite(ctx context.Context, key string, w writeOp) {
 	a.log.ErrorContext(ctx, "cacheaside: write refused: the local tiers could not be told", "key", key)
 	if a.tier != nil {
 		a.tier.invalidate(key, msgDone, w.id)
+		a.tier.forget(key, w.id)
 	}
 	if w.marker != nil && a.g.clearer != nil {
 		_, _ = a.g.clearWrite(context.WithoutCancel(ctx), key, w.marker, nil)
@@ -367,7 +370,8 @@ func (a *Aside[K, V]) endWrite(ctx context.Context, key string, w writeOp, relat
 	if a.g.sharder != nil { // the related keys may live on other shards
 		inline = nil
 	}
-	msg := busMsg{kind: w.doneKind(), id: w.id, key: key}.encode()
+	bm := busMsg{kind: w.doneKind(), id: w.id, key: key}
+	msg, rowMsg := bm.encode(), bm.rowHeader()
 	var fill []byte
 	if w.alone && w.fillTTL > 0 {
 		fill = w.fill
@@ -380,7 +384,7 @@ func (a *Aside[K, V]) endWrite(ctx context.Context, key string, w writeOp, relat
 		tk = a.tier.begin(key) // for the value the write may leave (see tier.endOwn)
 	}
 	clearErr := a.g.do(cctx, a.g.shard(key), func(ctx context.Context) error {
-		clearErr, f, members, annErr := wa.endWriteAnnounced(ctx, key, w.marker, writingPrefix, inline, fill, w.fillTTL, msg)
+		clearErr, f, members, annErr := wa.endWriteAnnounced(ctx, key, w.marker, writingPrefix, inline, fill, w.fillTTL, msg, rowMsg)
 		filled.Store(f)
 		res.set(members, annErr)
 		return clearErr
@@ -456,7 +460,7 @@ func (a *Aside[K, V]) leaveValue(w *writeOp, key string, v *V) {
 // that the write w changed it.
 func (a *Aside[K, V]) tellDone(ctx context.Context, w writeOp, key string) {
 	if a.tier != nil {
-		a.tier.invalidate(key, msgDone, w.id)
+		a.tier.ownWrite(key, msgDone, w.id)
 	}
 	if a.bus != nil {
 		a.bus.announce(ctx, w.doneKind(), w.id, key)

@@ -189,14 +189,14 @@ return {old, now, m}`)
 // endWriteAnnounce is clearWrite (KEYS[1] to KEYS[#KEYS-1], ARGV[1] to
 // ARGV[4]) and announce (members KEYS[#KEYS], channel ARGV[5], message
 // ARGV[6]) in one script, for a server that holds every key (not a
-// cluster). When the key was set to ARGV[3], the message carries it after
-// a newline: nothing else can be published between the two, so a
-// subscriber may take the message for a read of the key. It returns
-// clearWrite's reply, the server's time and the live members.
+// cluster). When the key was set to ARGV[3], the message published is
+// ARGV[7] followed by ARGV[3] instead: nothing else can be published
+// between the two, so a subscriber may take it for a read of the key. It
+// returns clearWrite's reply, the server's time and the live members.
 var endWriteAnnounce = redis.NewScript(`local last = #KEYS - 1` + clearWriteBody + serverMillis + `
 local m = redis.call('ZRANGEBYSCORE', KEYS[#KEYS], '(' .. now, '+inf', 'WITHSCORES')
 local msg = ARGV[6]
-if ret == 2 then msg = msg .. '\n' .. ARGV[3] end
+if ret == 2 then msg = ARGV[7] .. ARGV[3] end
 redis.call('PUBLISH', ARGV[5], msg)
 return {ret, now, m}`)
 
@@ -243,8 +243,8 @@ func (c *Cache) BeginWrite(ctx context.Context, key string, marker []byte, m Mar
 // With fill, a key that still holds exactly mine is given fill, for
 // fillTTL, instead of being deleted (the writer's own value, as the source
 // stored it), and filled reports it. On a single server the announcement
-// then carries fill after a newline (see endWriteAnnounce).
-func (c *Cache) EndWrite(ctx context.Context, key string, mine []byte, m Markers, related []string, fill []byte, fillTTL time.Duration, msg []byte) (clearErr error, filled bool, now time.Time, members []Member, annErr error) {
+// is then rowMsg followed by fill (see endWriteAnnounce).
+func (c *Cache) EndWrite(ctx context.Context, key string, mine []byte, m Markers, related []string, fill []byte, fillTTL time.Duration, msg, rowMsg []byte) (clearErr error, filled bool, now time.Time, members []Member, annErr error) {
 	keys := []string{c.prefix + key}
 	if !c.cluster {
 		for _, k := range related {
@@ -253,7 +253,7 @@ func (c *Cache) EndWrite(ctx context.Context, key string, mine []byte, m Markers
 	}
 	if c.single {
 		keys = append(keys, c.membersKey())
-		res, err := endWriteAnnounce.Run(ctx, c.c, keys, mine, m.Intent, fill, ms(fillTTL), c.BusChannel(), msg).Slice()
+		res, err := endWriteAnnounce.Run(ctx, c.c, keys, mine, m.Intent, fill, ms(fillTTL), c.BusChannel(), msg, rowMsg).Slice()
 		if err != nil {
 			return err, false, time.Time{}, nil, err
 		}

@@ -198,7 +198,7 @@ if t == 'string' then
     if mine and #rest > 0 then
       local ttl = redis.call('PTTL', KEYS[1])
       local nv = p .. table.concat(rest, ',') .. '!"'
-      if ttl > 0 then redis.call('SET', KEYS[1], nv, 'PX', ttl) else redis.call('SET', KEYS[1], nv) end
+      if ttl > 0 then redis.call('SET', KEYS[1], nv, 'PX', ttl) elseif ttl == -1 then redis.call('SET', KEYS[1], nv) else redis.call('DEL', KEYS[1]) end
     elseif mine and not shared and ARGV[3] and ARGV[3] ~= '' then
       redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
       ret = 2
@@ -228,7 +228,7 @@ for i = 1, #KEYS do
     if string.sub(v, -2) ~= '!"' then
       local ttl = redis.call('PTTL', k)
       local nv = string.sub(v, 1, -2) .. '!"'
-      if ttl > 0 then redis.call('SET', k, nv, 'PX', ttl) else redis.call('SET', k, nv) end
+      if ttl > 0 then redis.call('SET', k, nv, 'PX', ttl) elseif ttl == -1 then redis.call('SET', k, nv) else redis.call('DEL', k) end
     end
   else
     redis.call('DEL', k)
