@@ -59,6 +59,10 @@ func TestErrors_SaidOnce(t *testing.T) {
 		repo, err := NewSQLRepository(ctx, db, SQLite)
 		require.NoError(t, err)
 		svc := NewUserService(repo, NewMemoryCache())
+		// Its outbox drain must end before the database's directory is
+		// removed: a connection it still held could otherwise write there
+		// as RemoveAll runs ("directory not empty", once in a -race run).
+		t.Cleanup(func() { svc.Close() })
 		u := &User{Name: "Ann", Email: "ann@example.com"}
 		require.NoError(t, svc.CreateUser(ctx, u))
 
