@@ -273,7 +273,7 @@ func (a *Aside[K, V]) tierExpiry(exp time.Time) time.Time {
 }
 
 // tierValue reads raw, an entry of key that a write left in the shared
-// cache, for the local tier (see tier.fromBus): a fresh value and when it
+// cache, for the local tier (see tier.heard): a fresh value and when it
 // leaves the tier. Anything else (an entry past its expiry, one that does
 // not decode as a value of key) is not taken.
 func (a *Aside[K, V]) tierValue(key string, raw []byte) (V, time.Time, bool) {

@@ -53,7 +53,8 @@ type tier[V any] struct {
 	own map[string]map[string]time.Time
 
 	// decode reads a cache entry of key as a value and when it stops
-	// being fresh, for fromBus; nil leaves such values to the next read.
+	// being fresh, for heard and endOwn; nil leaves such values to the
+	// next read.
 	decode func(key string, raw []byte) (V, time.Time, bool)
 }
 
