@@ -115,12 +115,15 @@ func (m busMsg) encode() []byte {
 	return append(b, m.key...)
 }
 
+// rowKind is the kind of a message of kind that carries a value.
+func rowKind(kind byte) byte { return kind - 'a' + 'A' }
+
 // rowHeader is the message that ends a write and carries its value, less
 // the value, which the cache appends when it set the key to it.
 func (m busMsg) rowHeader() []byte {
 	n := strconv.Itoa(len(m.key))
 	b := make([]byte, 0, 4+len(m.id)+len(n)+len(m.key))
-	b = append(b, m.kind-'a'+'A', '\n')
+	b = append(b, rowKind(m.kind), '\n')
 	b = append(b, m.id...)
 	b = append(b, '\n')
 	b = append(b, n...)
@@ -137,7 +140,7 @@ func decodeBusMsg(b []byte) (busMsg, bool) {
 		return busMsg{}, false
 	}
 	kind := b[0]
-	if kind != msgDone-'a'+'A' && kind != msgCleared-'a'+'A' {
+	if kind != rowKind(msgDone) && kind != rowKind(msgCleared) {
 		return busMsg{kind: kind, id: string(id), key: string(rest)}, true
 	}
 	n, rest, ok := bytes.Cut(rest, []byte{'\n'})

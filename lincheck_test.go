@@ -107,7 +107,7 @@ func (r delayedRepo) UpdateUser(ctx context.Context, u *User) error {
 
 func (r delayedRepo) UpdateUserReturning(ctx context.Context, u *User) (*User, error) {
 	r.pause()
-	return r.MemoryRepository.updateReturning(ctx, u)
+	return returnsStored(r.MemoryRepository.UpdateUser)(ctx, u)
 }
 
 func newLinRepo(keys int, delay time.Duration) delayedRepo {

@@ -197,12 +197,7 @@ func (t *tier[V]) heard(key string, kind byte, write string, raw []byte) {
 // that the bus has yet to bring it back (see heard).
 func (t *tier[V]) ownWrite(key string, kind byte, write string) {
 	t.mu.Lock()
-	ws := t.own[key]
-	if ws == nil {
-		ws = make(map[string]time.Time, 1)
-		t.own[key] = ws
-	}
-	ws[write] = time.Now().Add(t.hold)
+	mark(t.own, key, write, time.Now().Add(t.hold))
 	t.mu.Unlock()
 	t.invalidate(key, kind, write)
 }
@@ -211,10 +206,24 @@ func (t *tier[V]) ownWrite(key string, kind byte, write string) {
 func (t *tier[V]) forget(key, write string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if ws := t.own[key]; ws != nil {
+	unmark(t.own, key, write)
+}
+
+// mark notes write against key in m until until; unmark forgets it.
+func mark(m map[string]map[string]time.Time, key, write string, until time.Time) {
+	ws := m[key]
+	if ws == nil {
+		ws = make(map[string]time.Time, 1)
+		m[key] = ws
+	}
+	ws[write] = until
+}
+
+func unmark(m map[string]map[string]time.Time, key, write string) {
+	if ws := m[key]; ws != nil {
 		delete(ws, write)
 		if len(ws) == 0 {
-			delete(t.own, key)
+			delete(m, key)
 		}
 	}
 }
@@ -271,20 +280,12 @@ func (t *tier[V]) endOwn(key, write string, raw []byte, tk tierTicket) {
 	tk.s.mu.Lock()
 	defer tk.s.mu.Unlock()
 	t.mu.Lock()
-	ws := t.blocked[key]
-	_, own := ws[write]
-	delete(ws, write)
-	if len(ws) == 0 {
-		delete(t.blocked, key)
-	}
+	_, own := t.blocked[key][write]
 	t.mu.Unlock()
 	if !own {
 		return
 	}
-	tk.s.gen.Add(1)
-	if k, kok := t.tierKey(key); kok {
-		t.c.Invalidate(k)
-	}
+	t.invalidateLocked(tk.s, key, msgDone, write)
 	if ok {
 		tk.gen++ // its own end, above
 		t.fillLocked(key, v, exp, tk)
@@ -309,25 +310,22 @@ func (t *tier[V]) invalidate(key string, kind byte, write string) {
 	s, _ := t.gens.of(key)
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	t.invalidateLocked(s, key, kind, write)
+}
+
+// invalidateLocked is invalidate, with key's stripe s locked.
+func (t *tier[V]) invalidateLocked(s *stripe, key string, kind byte, write string) {
 	s.gen.Add(1)
 	if k, ok := t.tierKey(key); ok {
 		t.c.Invalidate(k)
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	ws := t.blocked[key]
 	if kind == msgPrepare {
-		if ws == nil {
-			ws = make(map[string]time.Time, 1)
-			t.blocked[key] = ws
-		}
-		ws[write] = time.Now().Add(t.hold)
+		mark(t.blocked, key, write, time.Now().Add(t.hold))
 		return
 	}
-	delete(ws, write)
-	if len(ws) == 0 {
-		delete(t.blocked, key)
-	}
+	unmark(t.blocked, key, write)
 }
 
 // flush empties the tier. It holds every stripe, so that no fill that

@@ -111,16 +111,6 @@ func (r *MemoryRepository) UpdateUser(ctx context.Context, user *User) error {
 	return nil
 }
 
-// updateReturning is UpdateUser that also returns a copy of the user as
-// stored; unexported for the reason SQLRepository's is.
-func (r *MemoryRepository) updateReturning(ctx context.Context, user *User) (*User, error) {
-	if err := r.UpdateUser(ctx, user); err != nil {
-		return nil, err
-	}
-	stored := *user
-	return &stored, nil
-}
-
 // DeleteUser removes the user with the given ID, or returns ErrUserNotFound.
 func (r *MemoryRepository) DeleteUser(ctx context.Context, id int) error {
 	if err := ctx.Err(); err != nil {

@@ -366,19 +366,6 @@ func (r *SQLRepository) UpdateUser(ctx context.Context, user *User) error {
 	return nil
 }
 
-// updateReturning is UpdateUser that also returns the user as stored: its
-// name and email as given, and the CreateAt the UPDATE returned. The
-// result is a copy of its own. It is unexported so that a type that embeds
-// a *SQLRepository and overrides UpdateUser does not offer it (see
-// UserUpdateReturner).
-func (r *SQLRepository) updateReturning(ctx context.Context, user *User) (*User, error) {
-	if err := r.UpdateUser(ctx, user); err != nil {
-		return nil, err
-	}
-	stored := *user
-	return &stored, nil
-}
-
 // DeleteUser removes the user with the given ID, or returns ErrUserNotFound.
 func (r *SQLRepository) DeleteUser(ctx context.Context, id int) error {
 	uid := int64(id)

@@ -52,8 +52,8 @@ type BatchUserRepository interface {
 // in place of the write's marker, rather than deleting the key, so the next
 // read is a hit instead of a load. The row must be exactly what GetUser
 // would return after the update, and it must carry the ID it was updated
-// under. SQLRepository and MemoryRepository do the same without exporting
-// the method: a type that embeds one of them and overrides UpdateUser (to
+// under. SQLRepository and MemoryRepository do the same without such a
+// method: a type that embeds one of them and overrides UpdateUser (to
 // trace or audit writes, say) would otherwise have its UpdateUser bypassed
 // by a promoted UpdateUserReturning. A type of your own that implements
 // this interface must keep the two methods in step itself.
@@ -67,12 +67,27 @@ func updateReturning(db UserRepository) func(ctx context.Context, user *User) (*
 	switch r := db.(type) {
 	case UserUpdateReturner:
 		return r.UpdateUserReturning
-	case *SQLRepository:
-		return r.updateReturning
-	case *MemoryRepository:
-		return r.updateReturning
+	case *SQLRepository: // its UpdateUser sets CreateAt from the row
+		return returnsStored(r.UpdateUser)
+	case *MemoryRepository: // likewise, from the stored user
+		return returnsStored(r.UpdateUser)
 	}
 	return nil
+}
+
+// returnsStored turns an UpdateUser that leaves the user as stored in its
+// argument into one that returns a copy of it. The built-in repositories
+// offer theirs this way, not by a method, so that a type that embeds one
+// and overrides UpdateUser (to trace or audit writes, say) is never
+// bypassed by a promoted method (see UserUpdateReturner).
+func returnsStored(update func(ctx context.Context, user *User) error) func(ctx context.Context, user *User) (*User, error) {
+	return func(ctx context.Context, user *User) (*User, error) {
+		if err := update(ctx, user); err != nil {
+			return nil, err
+		}
+		stored := *user
+		return &stored, nil
+	}
 }
 
 // UserCacheTTL is how long a UserService caches a user when WithTTL does

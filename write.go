@@ -197,13 +197,13 @@ func (a *Aside[K, V]) beginWrite(ctx context.Context, key string) (writeOp, erro
 // marker says so, and readers that find it wait for the value (willFill).
 func (a *Aside[K, V]) beginWriteAs(ctx context.Context, key string, fills bool) (writeOp, error) {
 	w := writeOp{id: randomID()}
-	if _, ok := a.g.c.(writeAnnouncer); !ok || a.bus == nil {
+	wa, ok := a.g.c.(writeAnnouncer)
+	if !ok || a.bus == nil {
 		fills = false // its end could not leave the value (see endWrite)
 	}
 	if a.tier != nil {
 		a.tier.ownWrite(key, msgPrepare, w.id)
 	}
-	wa, ok := a.g.c.(writeAnnouncer)
 	if !ok || a.g.leaser == nil || a.bus == nil || !a.bus.strict {
 		w.marker, w.alone, _ = a.placeIntent(ctx, key, fills)
 		if a.bus != nil && a.bus.strict {
@@ -372,10 +372,7 @@ func (a *Aside[K, V]) endWrite(ctx context.Context, key string, w writeOp, relat
 	}
 	bm := busMsg{kind: w.doneKind(), id: w.id, key: key}
 	msg, rowMsg := bm.encode(), bm.rowHeader()
-	var fill []byte
-	if w.alone && w.fillTTL > 0 {
-		fill = w.fill
-	}
+	fill := w.fill // set by leaveValue only for a write that may leave it
 	var res announced
 	var filled atomic.Bool
 	cctx := context.WithoutCancel(ctx)

@@ -242,7 +242,7 @@ type gatedReturner struct {
 func (r gatedReturner) UpdateUserReturning(ctx context.Context, u *User) (*User, error) {
 	close(r.entered)
 	<-r.release
-	return r.MemoryRepository.updateReturning(ctx, u)
+	return returnsStored(r.MemoryRepository.UpdateUser)(ctx, u)
 }
 
 // slowReads reads through to a MemoryRepository after a pause, and counts
