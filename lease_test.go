@@ -119,9 +119,24 @@ func TestLease_FleetStampede(t *testing.T) {
 		ctx := context.Background()
 		repo := newTestRepo()
 		u := seedUser(t, repo, "hot")
-		repo.setHook(func(context.Context, int) { time.Sleep(80 * time.Millisecond) })
 		const instances, perInstance = 8, 25
 		svcs := make([]*UserService, instances)
+		// The load holds on until another instance waits on its lease (at
+		// most 5 s), and 80 ms more: with a fixed delay alone, a loaded
+		// machine once ran every other instance's first read after the
+		// fill, and nobody had to wait.
+		repo.setHook(func(context.Context, int) {
+			for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(time.Millisecond) {
+				var waits int64
+				for _, svc := range svcs {
+					waits += svc.GetMetrics().LeaseWaits
+				}
+				if waits > 0 {
+					break
+				}
+			}
+			time.Sleep(80 * time.Millisecond)
+		})
 		for i := range svcs {
 			// 200 callers at once on a race-instrumented miniredis can take
 			// longer than the default time box, which is not what this test
