@@ -332,12 +332,15 @@ func TestLocalTier_PartitionedWriterIsRefused(t *testing.T) {
 			require.Eventually(t, func() bool { return member.GetMetrics().Membership == "serving" }, 10*time.Second, 5*time.Millisecond)
 			// A write while healthy: the writer counts the member.
 			require.NoError(t, writer.UpdateUser(ctx, &User{ID: u.ID, Name: "v1", Email: u.Email}))
-			for range 2 {
+			// The member holds v1 in memory (once the write's end, which
+			// nobody waits for, has reached it: until then it fills
+			// nothing for the key).
+			require.Eventually(t, func() bool {
 				got, err := member.GetUser(ctx, u.ID)
 				require.NoError(t, err)
 				require.Equal(t, "v1", got.Name)
-			}
-			require.Positive(t, member.GetMetrics().LocalHits)
+				return member.GetMetrics().LocalHits > 0
+			}, 5*time.Second, 5*time.Millisecond)
 
 			pw.Blackhole()
 			err := writer.UpdateUser(ctx, &User{ID: u.ID, Name: "v2", Email: u.Email})
