@@ -377,20 +377,26 @@ func printTable(w io.Writer, rows []result) {
 	if waited {
 		above, header = fmt.Sprintf(" %15s", "reads that"), fmt.Sprintf(" %15s", "waited for DB")
 	}
-	fmt.Fprintf(w, "%-20s %9s %9s %9s %9s %9s %9s %9s %11s %8s %8s %12s%s\n",
-		"", "", "read", "read", "read", "write", "write", "write", "", "", "", "", above)
-	fmt.Fprintf(w, "%-20s %9s %9s %9s %9s %9s %9s %9s %11s %8s %8s %12s%s\n",
-		"strategy", "ops/s", "p50", "p99", "p99.9", "p50", "p99", "p99.9", "DB queries", "per 1k", "hit rate", "stale reads", header)
+	fmt.Fprintf(w, "%-20s %9s %9s %9s %9s %9s %9s %9s %11s %8s %8s %12s %9s %9s %6s%s\n",
+		"", "", "read", "read", "read", "write", "write", "write", "", "", "", "", "CPU ms", "own CPU", "", above)
+	fmt.Fprintf(w, "%-20s %9s %9s %9s %9s %9s %9s %9s %11s %8s %8s %12s %9s %9s %6s%s\n",
+		"strategy", "ops/s", "p50", "p99", "p99.9", "p50", "p99", "p99.9", "DB queries", "per 1k", "hit rate", "stale reads", "per 1k", "per 1k", "busy", header)
 	for _, r := range rows {
 		col := ""
 		if waited && r.ReadsWaitedDB != nil {
 			col = fmt.Sprintf(" %15s", fmt.Sprintf("%d (%.2f%%)", *r.ReadsWaitedDB, 100*float64(*r.ReadsWaitedDB)/float64(max(1, r.Reads+r.FailedReads))))
 		}
-		fmt.Fprintf(w, "%-20s %9.0f %9s %9s %9s %9s %9s %9s %11d %8.2f %7.1f%% %12s%s\n",
+		machine, busy := "-", "-"
+		if r.BusyPct > 0 {
+			machine, busy = fmt.Sprintf("%.1f", r.CPUMsPer1k), fmt.Sprintf("%.0f%%", r.BusyPct)
+		}
+		fmt.Fprintf(w, "%-20s %9.0f %9s %9s %9s %9s %9s %9s %11d %8.2f %7.1f%% %12s %9s %9.1f %6s%s\n",
 			r.Strategy, r.OpsPerSec, us(r.P50us), us(r.P99us), us(r.P999us),
 			wus(r.Writes+r.FailedWrites, r.WriteP50us), wus(r.Writes+r.FailedWrites, r.WriteP99us), wus(r.Writes+r.FailedWrites, r.WriteP999us),
-			r.DBQueries, r.DBPer1k, r.HitRate*100, fmt.Sprintf("%d (%.2f%%)", r.StaleReads, r.StaleRate*100), col)
+			r.DBQueries, r.DBPer1k, r.HitRate*100, fmt.Sprintf("%d (%.2f%%)", r.StaleReads, r.StaleRate*100), machine, r.SelfCPUMsPer1k, busy, col)
 	}
+	fmt.Fprintln(w, "CPU ms per 1k: the whole machine's busy CPU time per 1,000 operations of the measured phase (Linux; Redis and the database count when they run here);\n"+
+		"own CPU per 1k: this process's (the instances' and the harness's); busy: the machine's CPUs, in all. Near 100% busy, ops/s measures CPU per operation")
 	if waited {
 		fmt.Fprintf(w, "reads that waited for DB: reads of the measured phase that spent %s or more (half the least added database latency)\n"+
 			"while a database read was under way: they led a query or joined one (a cache hit takes a Redis round trip); the library counts its own in its note\n",

@@ -61,6 +61,12 @@ func TestCachebench_AllStrategies(t *testing.T) {
 		if !strings.Contains(out.String(), r.Strategy) {
 			t.Errorf("the table has no %s row", r.Strategy)
 		}
+		if runtime.GOOS != "windows" && r.SelfCPUMsPer1k <= 0 {
+			t.Errorf("%s: own CPU %v ms per 1k operations; the instances ran here", r.Strategy, r.SelfCPUMsPer1k)
+		}
+		if runtime.GOOS == "linux" && (r.CPUMsPer1k <= 0 || r.BusyPct <= 0 || r.BusyPct > 100) {
+			t.Errorf("%s: machine CPU %v ms per 1k operations, busy %v%%; this process alone kept a CPU busy", r.Strategy, r.CPUMsPer1k, r.BusyPct)
+		}
 	}
 	if nc := by["nocache"]; nc.DBQueries != nc.Ops || nc.HitRate != 0 || nc.StaleReads != 0 {
 		t.Errorf("nocache: %d DB queries for %d ops, hit rate %v, stale %d: want one query per op, 0, 0", nc.DBQueries, nc.Ops, nc.HitRate, nc.StaleReads)
@@ -79,8 +85,8 @@ func TestCachebench_AllStrategies(t *testing.T) {
 			t.Errorf("the JSON rows have no %s", field)
 		}
 	}
-	if above, header := tableHeader(out.String()); above != "read read read write write write" ||
-		header != "strategy ops/s p50 p99 p99.9 p50 p99 p99.9 DB queries per 1k hit rate stale reads" {
+	if above, header := tableHeader(out.String()); above != "read read read write write write CPU ms own CPU" ||
+		header != "strategy ops/s p50 p99 p99.9 p50 p99 p99.9 DB queries per 1k hit rate stale reads per 1k per 1k busy" {
 		t.Errorf("table header %q over %q; want read and write latency columns", above, header)
 	}
 

@@ -125,6 +125,12 @@ type result struct {
 	HitRate     float64 `json:"hit_rate"`
 	StaleReads  int64   `json:"stale_reads"`
 	StaleRate   float64 `json:"stale_read_rate"`
+	// CPU time per 1,000 operations of the measured phase (see cpu.go):
+	// the whole machine's busy time (absent where /proc/stat is not) and
+	// this process's own, and how busy the machine was.
+	CPUMsPer1k     float64 `json:"cpu_ms_per_1k_ops,omitempty"`
+	SelfCPUMsPer1k float64 `json:"self_cpu_ms_per_1k_ops"`
+	BusyPct        float64 `json:"machine_busy_pct,omitempty"`
 	// ReadsWaitedDB counts the reads of the measured phase (failed ones
 	// included) that spent at least DBWaitUs, half the least delay the
 	// run adds to a database call, while a database read was under way:
@@ -340,6 +346,8 @@ func run(ctx context.Context, cfg config, w *world, name string, insts []instanc
 	var pwg sync.WaitGroup
 	pwg.Add(1)
 	begin := time.Now()
+	cpuBegin := readCPU()
+	cpuEnd := make(chan cpuTimes, 1)
 	var win *window
 	stopOutage := func() {}
 	if sw != nil && cfg.outage > 0 {
@@ -365,8 +373,12 @@ func run(ctx context.Context, cfg config, w *world, name string, insts []instanc
 		}
 	}()
 	var deadline time.Time
+	var cpuTimer *time.Timer
 	if cfg.ops <= 0 {
 		deadline = begin.Add(cfg.duration)
+		// The operations still running at the deadline do not count
+		// (OpsPerSec), and nor does the CPU spent after it.
+		cpuTimer = time.AfterFunc(cfg.duration, func() { cpuEnd <- readCPU() })
 	}
 	stats, abandoned := drive(ctx, cfg, w, insts, driveOpts{deadline: deadline, ops: cfg.ops, done: &opsDone,
 		win: win, partitioned: partitioned, waitAt: waitAt, unblock: unblock, progress: progress})
@@ -393,6 +405,16 @@ func run(ctx context.Context, cfg config, w *world, name string, insts []instanc
 	}
 	res.P50us, res.P99us, res.P999us = pct(all.lat, 0.50), pct(all.lat, 0.99), pct(all.lat, 0.999)
 	res.WriteP50us, res.WriteP99us, res.WriteP999us = pct(all.wlat, 0.50), pct(all.wlat, 0.99), pct(all.wlat, 0.999)
+	var cpu cpuUse
+	switch {
+	case cpuTimer == nil:
+		cpu = cpuBetween(cpuBegin, readCPU(), res.Ops)
+	case cpuTimer.Stop(): // the phase ended early (its context did)
+		cpu = cpuBetween(cpuBegin, readCPU(), all.inWindow)
+	default:
+		cpu = cpuBetween(cpuBegin, <-cpuEnd, all.inWindow)
+	}
+	res.CPUMsPer1k, res.SelfCPUMsPer1k, res.BusyPct = cpu.machineMsPer1k, cpu.selfMsPer1k, cpu.busyPct
 	if waitAt > 0 {
 		n := waitedForDB(all.slow, w.repo.stopSpans(), waitAt)
 		res.ReadsWaitedDB, res.DBWaitUs = &n, float64(waitAt.Nanoseconds())/1e3
