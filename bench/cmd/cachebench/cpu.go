@@ -79,23 +79,16 @@ func parseProcStat(r io.Reader) (busy, total time.Duration, err error) {
 	return 0, 0, errors.New("/proc/stat: no cpu line")
 }
 
-// cpuUse is the CPU a phase of ops operations used between two samples.
-type cpuUse struct {
-	machineMsPer1k float64 // 0 when unknown
-	busyPct        float64 // 0 when unknown
-	selfMsPer1k    float64
-}
-
-func cpuBetween(a, b cpuTimes, ops int64) cpuUse {
-	var u cpuUse
+// setCPU sets r's CPU figures to what a phase of ops operations used
+// between samples a and b; the machine's stay zero when unknown.
+func (r *result) setCPU(a, b cpuTimes, ops int64) {
 	if ops <= 0 {
-		return u
+		return
 	}
 	per1k := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) * 1000 / float64(ops) }
-	u.selfMsPer1k = per1k(b.self - a.self)
+	r.SelfCPUMsPer1k = per1k(b.self - a.self)
 	if a.machine && b.machine && b.total > a.total {
-		u.machineMsPer1k = per1k(b.busy - a.busy)
-		u.busyPct = 100 * float64(b.busy-a.busy) / float64(b.total-a.total)
+		r.CPUMsPer1k = per1k(b.busy - a.busy)
+		r.BusyPct = 100 * float64(b.busy-a.busy) / float64(b.total-a.total)
 	}
-	return u
 }

@@ -28,19 +28,22 @@ func TestParseProcStat(t *testing.T) {
 	}
 }
 
-func TestCPUBetween(t *testing.T) {
+func TestSetCPU(t *testing.T) {
 	a := cpuTimes{busy: 10 * time.Second, total: 20 * time.Second, machine: true, self: time.Second}
 	b := cpuTimes{busy: 13 * time.Second, total: 24 * time.Second, machine: true, self: 3 * time.Second}
-	u := cpuBetween(a, b, 2000)
-	if u.machineMsPer1k != 1500 || u.selfMsPer1k != 1000 || u.busyPct != 75 {
-		t.Errorf("cpuBetween = %+v, want 1500 ms, 1000 ms, 75%%", u)
+	var r result
+	r.setCPU(a, b, 2000)
+	if r.CPUMsPer1k != 1500 || r.SelfCPUMsPer1k != 1000 || r.BusyPct != 75 {
+		t.Errorf("setCPU: %v, %v, %v; want 1500 ms, 1000 ms, 75%%", r.CPUMsPer1k, r.SelfCPUMsPer1k, r.BusyPct)
 	}
 	a.machine = false
-	if u := cpuBetween(a, b, 2000); u.machineMsPer1k != 0 || u.busyPct != 0 || u.selfMsPer1k != 1000 {
-		t.Errorf("without machine figures: %+v", u)
+	r = result{}
+	if r.setCPU(a, b, 2000); r.CPUMsPer1k != 0 || r.BusyPct != 0 || r.SelfCPUMsPer1k != 1000 {
+		t.Errorf("without machine figures: %v, %v, %v", r.CPUMsPer1k, r.SelfCPUMsPer1k, r.BusyPct)
 	}
-	if u := cpuBetween(a, b, 0); u != (cpuUse{}) {
-		t.Errorf("no operations: %+v", u)
+	r = result{}
+	if r.setCPU(a, b, 0); r.CPUMsPer1k != 0 || r.BusyPct != 0 || r.SelfCPUMsPer1k != 0 {
+		t.Errorf("no operations: %v, %v, %v", r.CPUMsPer1k, r.SelfCPUMsPer1k, r.BusyPct)
 	}
 }
 

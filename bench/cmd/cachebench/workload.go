@@ -405,16 +405,16 @@ func run(ctx context.Context, cfg config, w *world, name string, insts []instanc
 	}
 	res.P50us, res.P99us, res.P999us = pct(all.lat, 0.50), pct(all.lat, 0.99), pct(all.lat, 0.999)
 	res.WriteP50us, res.WriteP99us, res.WriteP999us = pct(all.wlat, 0.50), pct(all.wlat, 0.99), pct(all.wlat, 0.999)
-	var cpu cpuUse
+	cpuOps, cpuAt := res.Ops, cpuTimes{}
 	switch {
 	case cpuTimer == nil:
-		cpu = cpuBetween(cpuBegin, readCPU(), res.Ops)
+		cpuAt = readCPU()
 	case cpuTimer.Stop(): // the phase ended early (its context did)
-		cpu = cpuBetween(cpuBegin, readCPU(), all.inWindow)
+		cpuOps, cpuAt = all.inWindow, readCPU()
 	default:
-		cpu = cpuBetween(cpuBegin, <-cpuEnd, all.inWindow)
+		cpuOps, cpuAt = all.inWindow, <-cpuEnd
 	}
-	res.CPUMsPer1k, res.SelfCPUMsPer1k, res.BusyPct = cpu.machineMsPer1k, cpu.selfMsPer1k, cpu.busyPct
+	res.setCPU(cpuBegin, cpuAt, cpuOps)
 	if waitAt > 0 {
 		n := waitedForDB(all.slow, w.repo.stopSpans(), waitAt)
 		res.ReadsWaitedDB, res.DBWaitUs = &n, float64(waitAt.Nanoseconds())/1e3
